@@ -1,0 +1,3 @@
+"""REST API routes of the cases app."""
+
+urlpatterns: list = []

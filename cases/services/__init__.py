@@ -1,0 +1,1 @@
+"""Write-side services of the cases app, split by domain (one module each)."""

@@ -1,0 +1,20 @@
+"""Top-level URL configuration."""
+
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.http import HttpResponse
+from django.urls import include, path
+
+from cases.views.media import protected_media
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("healthz", lambda request: HttpResponse("ok"), name="healthz"),
+    path("api/", include("ildreview.api_urls")),
+    path("retrieval/", include("retrieval.urls")),
+    path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", protected_media, name="media"),
+    path("", include("cases.urls")),
+]
