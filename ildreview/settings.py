@@ -157,6 +157,13 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
     }
+else:
+    # Redis redelivers a dead worker's unacknowledged message after this many seconds; it must
+    # exceed the longest task's hard time limit (see retrieval/tasks.py). Lost work is picked up
+    # sooner by the workers' own recovery sweep (retrieval/pipeline/recovery.py).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=7200)
+    }
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -167,6 +174,22 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# Pipeline (retrieval/pipeline/): index backend, results per study, time limits and recovery.
+ILDREVIEW_INDEX_BACKEND = env.str("ILDREVIEW_INDEX_BACKEND", default="lsh")
+ILDREVIEW_RESULTS_TOP_K = env.int("ILDREVIEW_RESULTS_TOP_K", default=8)
+ILDREVIEW_STAGE_SOFT_TIME_LIMIT_S = env.int("ILDREVIEW_STAGE_SOFT_TIME_LIMIT_S", default=1200)
+ILDREVIEW_LONG_SOFT_TIME_LIMIT_S = env.int("ILDREVIEW_LONG_SOFT_TIME_LIMIT_S", default=3600)
+ILDREVIEW_STALE_AFTER_S = env.int("ILDREVIEW_STALE_AFTER_S", default=300)
+ILDREVIEW_QUEUED_STALE_AFTER_S = env.int("ILDREVIEW_QUEUED_STALE_AFTER_S", default=3600)
+ILDREVIEW_RECOVERY_INTERVAL_S = env.int("ILDREVIEW_RECOVERY_INTERVAL_S", default=60)
+# `manage.py bootstrap_model`: backbone weights ("imagenet", "random" for tests, or a file),
+# image size and epochs of the head-only model trained on the approved library.
+ILDREVIEW_BOOTSTRAP_WEIGHTS = env.str("ILDREVIEW_BOOTSTRAP_WEIGHTS", default="imagenet")
+ILDREVIEW_BOOTSTRAP_SIZE = env.int("ILDREVIEW_BOOTSTRAP_SIZE", default=512)
+ILDREVIEW_BOOTSTRAP_EPOCHS = env.int("ILDREVIEW_BOOTSTRAP_EPOCHS", default=20)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -17,4 +17,5 @@ urlpatterns = [
     path("retrieval/", include("retrieval.urls")),
     path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", protected_media, name="media"),
     path("", include("cases.urls")),
+    path("", include("cases.urls_review")),
 ]

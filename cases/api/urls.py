@@ -1,3 +1,35 @@
-"""REST API routes of the cases app."""
+"""REST API routes of the cases app (included at /api/ by ildreview/api_urls.py)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from cases.api import views
+
+urlpatterns = [
+    path("auth/token/", views.TokenObtainView.as_view(), name="api-token"),
+    path("diagnoses/", views.DiagnosisListView.as_view(), name="api-diagnosis-list"),
+    path("studies/", views.StudyListView.as_view(), name="api-study-list"),
+    path("studies/<int:pk>/", views.StudyDetailView.as_view(), name="api-study-detail"),
+    path("studies/<int:pk>/results/", views.StudyResultsView.as_view(), name="api-study-results"),
+    path("studies/<int:pk>/labels/", views.StudyLabelsView.as_view(), name="api-study-labels"),
+    path("reference-cases/", views.ReferenceCaseListView.as_view(), name="api-reference-case-list"),
+    path(
+        "reference-cases/<int:pk>/",
+        views.ReferenceCaseDetailView.as_view(),
+        name="api-reference-case-detail",
+    ),
+    path(
+        "reference-cases/<int:pk>/approve/",
+        views.ReferenceCaseApproveView.as_view(),
+        name="api-reference-case-approve",
+    ),
+    path(
+        "reference-cases/<int:pk>/reject/",
+        views.ReferenceCaseRejectView.as_view(),
+        name="api-reference-case-reject",
+    ),
+    path(
+        "reference-cases/<int:pk>/retire/",
+        views.ReferenceCaseRetireView.as_view(),
+        name="api-reference-case-retire",
+    ),
+]

@@ -1,8 +1,145 @@
-"""Server-rendered pages (thin: reads via selectors, writes via services)."""
+"""Server-rendered pages of the cases app (thin: reads via selectors, writes via services).
 
+Visibility is enforced by the selectors: a study a user may not see is a 404, exactly as if it
+did not exist.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods
+
+from cases import permissions, selectors
+from cases.forms import LibraryFilterForm, UploadForm, WorklistFilterForm
+from cases.imaging import DEFAULT_PRESET, WINDOW_PRESETS
+
+WORKLIST_PAGE_SIZE = 25
+LIBRARY_PAGE_SIZE = 24
+# A placeholder pk substituted by the viewer's script to build each slice's image URL.
+_PK_PLACEHOLDER = 999999999
 
 
+@require_GET
 def worklist(request: HttpRequest) -> HttpResponse:
-    return render(request, "cases/worklist.html", {})
+    """Studies visible to the user with status, progress and current diagnosis; filters by
+    status, diagnosis and free text; paginated."""
+    form = WorklistFilterForm(request.GET or None)
+    studies = selectors.study_list_with_current_diagnosis(
+        studies=selectors.study_list_visible(user=request.user, **form.filters())
+    )
+    page = Paginator(studies, WORKLIST_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "cases/worklist.html",
+        {
+            "form": form,
+            "page_obj": page,
+            "can_upload": permissions.can_upload(request.user),
+            "role": selectors.user_role(user=request.user),
+        },
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def upload(request: HttpRequest) -> HttpResponse:
+    """Upload DICOM files or zip archives; errors are shown in the page with status 400."""
+    if not permissions.can_upload(request.user):
+        raise PermissionDenied("You may not upload studies.")
+    if request.method == "GET":
+        return render(request, "cases/upload.html", {"form": UploadForm()})
+
+    form = UploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return render(request, "cases/upload.html", {"form": form}, status=400)
+    # Imported here so that the pages load even while the ingestion service is being changed.
+    from cases.services.ingestion import IngestionError, study_import_uploads
+
+    try:
+        result = study_import_uploads(files=form.cleaned_data["files"], uploader=request.user)
+    except IngestionError as exc:
+        return render(
+            request, "cases/upload.html", {"form": UploadForm(), "error": str(exc)}, status=400
+        )
+    for study, created in zip(result.studies, _created_flags(result), strict=False):
+        what = "Imported" if created else "Already present:"
+        messages.success(request, f"{what} study {study.patient} {study.description}".strip())
+    if len(result.studies) == 1:
+        return redirect("cases:study_detail", pk=result.studies[0].pk)
+    return redirect("cases:worklist")
+
+
+def _created_flags(result) -> list[bool]:
+    # `created` is a list of flags, one per study (a plain count is tolerated too).
+    created = result.created
+    if isinstance(created, int | bool):
+        return [i < int(created) for i in range(len(result.studies))]
+    return list(created)
+
+
+@require_GET
+def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """Patient, series, the slice viewer and (read-only) labels and reference-case history."""
+    study = selectors.study_get_visible(user=request.user, pk=pk)
+    series = selectors.series_list(study=study)
+    current = _chosen(series, request.GET.get("series")) or next(
+        (s for s in series if s.slice_count), series[0] if series else None
+    )
+    slice_ids = selectors.series_slice_ids(series=current) if current else []
+    index = _int(request.GET.get("slice"), default=len(slice_ids) // 2)
+    index = min(max(index, 0), max(len(slice_ids) - 1, 0))
+    preset = request.GET.get("preset")
+    if preset not in WINDOW_PRESETS:
+        preset = DEFAULT_PRESET
+    url_template = reverse("cases:slice_png", args=[_PK_PLACEHOLDER]).replace(
+        str(_PK_PLACEHOLDER), "{pk}"
+    )
+    return render(
+        request,
+        "cases/study_detail.html",
+        {
+            "study": study,
+            "series_list": series,
+            "current_series": current,
+            "slice_ids": slice_ids,
+            "slice_index": index,
+            "current_slice_id": slice_ids[index] if slice_ids else None,
+            "preset": preset,
+            "presets": WINDOW_PRESETS,
+            "viewer_config": {
+                "slices": slice_ids,
+                "index": index,
+                "preset": preset,
+                "urlTemplate": url_template,
+            },
+            "label_history": selectors.study_label_history(study=study),
+            "reference_cases": selectors.study_reference_cases(study=study),
+            "read_only": not permissions.sees_all_studies(request.user),
+        },
+    )
+
+
+def _chosen(series: list, wanted: str | None):
+    return next((s for s in series if str(s.pk) == wanted), None) if wanted else None
+
+
+def _int(value: str | None, *, default: int) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+
+
+@require_GET
+def library(request: HttpRequest) -> HttpResponse:
+    """The approved reference library with thumbnails, filterable by diagnosis."""
+    form = LibraryFilterForm(request.GET or None)
+    cases = selectors.reference_library_list(diagnosis=form.diagnosis_code())
+    page = Paginator(cases, LIBRARY_PAGE_SIZE).get_page(request.GET.get("page"))
+    for case in page:
+        case.thumbnail = selectors.study_thumbnail_slice(study=case.study)
+    return render(request, "cases/library.html", {"form": form, "page_obj": page})

@@ -1,0 +1,262 @@
+"""REST API serializers (representation and input validation only; writes go through
+services)."""
+
+from __future__ import annotations
+
+from django.db.models import Sum
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from cases.models import Diagnosis, ExpertLabel, ReferenceCase, Series, Study
+from cases.selectors_review import diagnosis_list_active, study_current_label
+
+
+class DiagnosisSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Diagnosis
+        fields = ["id", "code", "name", "description", "active"]
+
+
+class DiagnosisBriefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Diagnosis
+        fields = ["id", "code", "name"]
+
+
+class ExpertLabelSerializer(serializers.ModelSerializer):
+    diagnosis = DiagnosisBriefSerializer()
+    expert = serializers.CharField(source="expert.username")
+
+    class Meta:
+        model = ExpertLabel
+        fields = ["id", "study", "diagnosis", "expert", "comment", "created_at"]
+
+
+class ExpertLabelCreateSerializer(serializers.Serializer):
+    """Input of POST /api/studies/{id}/labels/."""
+
+    diagnosis = serializers.SlugRelatedField(
+        slug_field="code",
+        queryset=diagnosis_list_active(),
+        help_text="Diagnosis code, e.g. `ipf-ild` (see /api/diagnoses/).",
+    )
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
+class CurrentLabelSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    name = serializers.CharField()
+
+
+class StudyListSerializer(serializers.ModelSerializer):
+    """A study in lists: status, progress and current diagnosis."""
+
+    patient = serializers.CharField(source="patient.display_id")
+    uploaded_by = serializers.CharField(source="uploaded_by.username")
+    current_label = serializers.SerializerMethodField()
+    url = serializers.HyperlinkedIdentityField(view_name="api-study-detail")
+
+    class Meta:
+        model = Study
+        fields = [
+            "id",
+            "url",
+            "patient",
+            "study_instance_uid",
+            "study_date",
+            "description",
+            "source",
+            "status",
+            "status_message",
+            "progress_stage",
+            "progress_percent",
+            "current_label",
+            "uploaded_by",
+            "created_at",
+            "updated_at",
+        ]
+
+    @extend_schema_field(CurrentLabelSerializer(allow_null=True))
+    def get_current_label(self, study: Study) -> dict | None:
+        # Lists annotate the label in one query (selectors_review.studies_with_current_label);
+        # single objects fall back to the selector.
+        if hasattr(study, "current_label_code"):
+            if study.current_label_code is None:
+                return None
+            return {"code": study.current_label_code, "name": study.current_label_name}
+        label = study_current_label(study=study)
+        return {"code": label.diagnosis.code, "name": label.diagnosis.name} if label else None
+
+
+class SeriesSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Series
+        fields = [
+            "id",
+            "series_instance_uid",
+            "series_number",
+            "description",
+            "modality",
+            "convolution_kernel",
+            "slice_thickness",
+            "pixel_spacing_row",
+            "pixel_spacing_col",
+            "rows",
+            "columns",
+            "slice_count",
+        ]
+
+
+class StudyDetailSerializer(StudyListSerializer):
+    """One study with its series, slice count and (on failure) the reason."""
+
+    series = SeriesSerializer(many=True, read_only=True)
+    slice_count = serializers.SerializerMethodField()
+    failure_message = serializers.SerializerMethodField()
+    results_url = serializers.HyperlinkedIdentityField(view_name="api-study-results")
+    labels_url = serializers.HyperlinkedIdentityField(view_name="api-study-labels")
+
+    class Meta(StudyListSerializer.Meta):
+        fields = StudyListSerializer.Meta.fields + [
+            "series",
+            "slice_count",
+            "failure_message",
+            "results_url",
+            "labels_url",
+        ]
+
+    def get_slice_count(self, study: Study) -> int:
+        return study.series.aggregate(n=Sum("slice_count"))["n"] or 0
+
+    def get_failure_message(self, study: Study) -> str | None:
+        return study.status_message if study.status == Study.Status.FAILED else None
+
+
+class StudyUploadSerializer(serializers.Serializer):
+    """Multipart upload: one or more DICOM files or zip archives in the `files` field."""
+
+    files = serializers.ListField(child=serializers.FileField(), allow_empty=False)
+
+
+class StudyUploadResultSerializer(serializers.Serializer):
+    created = serializers.IntegerField(help_text="Number of studies newly created")
+    studies = StudyListSerializer(many=True)
+
+
+class ReferenceCaseSerializer(serializers.ModelSerializer):
+    diagnosis = DiagnosisBriefSerializer()
+    study_url = serializers.HyperlinkedRelatedField(
+        source="study", view_name="api-study-detail", read_only=True
+    )
+    proposed_by = serializers.CharField(source="proposed_by.username")
+    approved_by = serializers.CharField(
+        source="approved_by.username", allow_null=True, default=None
+    )
+
+    class Meta:
+        model = ReferenceCase
+        fields = [
+            "id",
+            "study",
+            "study_url",
+            "diagnosis",
+            "state",
+            "proposed_by",
+            "approved_by",
+            "comment",
+            "proposed_at",
+            "decided_at",
+            "retired_at",
+        ]
+
+
+class ReferenceCaseProposeSerializer(serializers.Serializer):
+    """Input of POST /api/reference-cases/ (the study is checked for visibility by the view)."""
+
+    study = serializers.IntegerField(help_text="Study id")
+    diagnosis = serializers.SlugRelatedField(
+        slug_field="code",
+        queryset=diagnosis_list_active(),
+        required=False,
+        allow_null=True,
+        help_text="Diagnosis code; defaults to the study's current expert label.",
+    )
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
+class ReferenceDecisionSerializer(serializers.Serializer):
+    comment = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=2000,
+        help_text="Optional on approval; required on rejection.",
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+class NotReadySerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    status = serializers.CharField()
+    progress_stage = serializers.CharField()
+    progress_percent = serializers.IntegerField()
+
+
+class SliceRefSerializer(serializers.Serializer):
+    """A slice: its position and the URL of its PNG (lung window; `?preset=mediastinal`)."""
+
+    id = serializers.IntegerField()
+    index = serializers.IntegerField()
+    series = serializers.IntegerField(source="series_id")
+    image_url = serializers.SerializerMethodField()
+
+    def get_image_url(self, slice_obj) -> str:
+        url = reverse("cases:slice_png", args=[slice_obj.pk])
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request else url
+
+
+class SimilarCaseSerializer(serializers.Serializer):
+    """One retrieved reference case: its diagnosis, similarity, best slice pair and CAMs."""
+
+    rank = serializers.IntegerField()
+    reference_case = serializers.IntegerField(source="reference_case_id")
+    study = serializers.IntegerField(source="reference_case.study_id")
+    diagnosis = DiagnosisBriefSerializer(source="reference_case.diagnosis")
+    score = serializers.FloatField(help_text="Cosine similarity of the best slice pair")
+    n_hits = serializers.IntegerField()
+    query_slice = SliceRefSerializer()
+    reference_slice = SliceRefSerializer()
+    query_cam_url = serializers.SerializerMethodField()
+    reference_cam_url = serializers.SerializerMethodField()
+
+    def _file_url(self, field) -> str | None:
+        if not field:
+            return None
+        request = self.context.get("request")
+        return request.build_absolute_uri(field.url) if request else field.url
+
+    def get_query_cam_url(self, case) -> str | None:
+        return self._file_url(case.query_cam)
+
+    def get_reference_cam_url(self, case) -> str | None:
+        return self._file_url(case.reference_cam)
+
+
+class StudyResultSerializer(serializers.Serializer):
+    """The similar-case answer for a study under the model version that produced it."""
+
+    study = serializers.IntegerField(source="study_id")
+    model_version = serializers.CharField(source="model_version.name")
+    created_at = serializers.DateTimeField()
+    suggested_diagnosis = DiagnosisBriefSerializer(allow_null=True)
+    votes = serializers.DictField(
+        child=serializers.FloatField(), help_text="Share of votes per diagnosis code"
+    )
+    key_slice = SliceRefSerializer(allow_null=True)
+    query_slice_count = serializers.IntegerField()
+    excluded_slice_count = serializers.IntegerField()
+    similar_cases = SimilarCaseSerializer(many=True, source="ordered_cases")

@@ -1,0 +1,150 @@
+"""Reads of the cases app used by the pages and the REST API.
+
+Every read that returns studies or their images goes through the visibility rules of
+`cases.permissions` so that a clinician never sees another clinician's study: lists are filtered
+in the query, single objects raise `Http404` (not 403, which would confirm the object exists).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.http import Http404
+
+from cases import permissions
+from cases.models import Diagnosis, ExpertLabel, ReferenceCase, Series, Slice, Study
+
+
+def user_role(*, user: Any) -> str | None:
+    """"clinician", "expert", "admin" or None (see `cases.permissions.user_role`)."""
+    return permissions.user_role(user)
+
+
+def _latest_label() -> QuerySet[ExpertLabel]:
+    return ExpertLabel.objects.filter(study=OuterRef("pk")).order_by("-created_at", "-id")
+
+
+def study_list_visible(
+    *,
+    user: Any,
+    status: str | None = None,
+    q: str | None = None,
+    diagnosis: Diagnosis | str | None = None,
+) -> QuerySet[Study]:
+    """Studies in `user`'s worklist, newest first: every study for experts and admins, the
+    user's own uploads for everyone else (approved reference cases of other users are reached
+    through the library, not the worklist).
+
+    `status` filters on `Study.status`; `q` searches the patient's display id, the description
+    and the StudyInstanceUID; `diagnosis` (a Diagnosis or its code) keeps studies whose
+    *current* (latest) expert label has that diagnosis.
+    """
+    if not permissions._active(user):
+        return Study.objects.none()
+    qs = Study.objects.select_related("patient", "uploaded_by").order_by("-created_at", "-id")
+    if not permissions.sees_all_studies(user):
+        qs = qs.filter(uploaded_by=user)
+    if status:
+        qs = qs.filter(status=status)
+    if q:
+        q = q.strip()
+        qs = qs.filter(
+            Q(patient__display_id__icontains=q)
+            | Q(description__icontains=q)
+            | Q(study_instance_uid__icontains=q)
+        )
+    if diagnosis:
+        code = diagnosis.code if isinstance(diagnosis, Diagnosis) else diagnosis
+        # An alias rather than an annotation, so callers may still annotate the current label
+        # under their own names.
+        qs = qs.alias(_worklist_label_code=Subquery(_latest_label().values("diagnosis__code")[:1]))
+        qs = qs.filter(_worklist_label_code=code)
+    return qs
+
+
+def study_list_with_current_diagnosis(*, studies: QuerySet[Study]) -> QuerySet[Study]:
+    """Annotate `current_diagnosis_name` (None when unlabelled) on each study in one query."""
+    return studies.annotate(
+        current_diagnosis_name=Subquery(_latest_label().values("diagnosis__name")[:1])
+    )
+
+
+def study_get_visible(*, user: Any, pk: int) -> Study:
+    """The study `pk` if `user` may see it (`cases.permissions.can_view_study`), else Http404."""
+    study = (
+        Study.objects.select_related("patient", "uploaded_by").filter(pk=pk).first()
+        if str(pk).isdigit()
+        else None
+    )
+    if study is None or not permissions.can_view_study(user, study):
+        raise Http404("No such study.")
+    return study
+
+
+def slice_get_visible(*, user: Any, pk: int) -> Slice:
+    """The slice `pk` if `user` may see its study, else Http404."""
+    slice_ = Slice.objects.select_related("series__study").filter(pk=pk).first()
+    if slice_ is None or not permissions.can_view_study(user, slice_.series.study):
+        raise Http404("No such slice.")
+    return slice_
+
+
+def series_list(*, study: Study) -> list[Series]:
+    """The study's series in series-number order."""
+    return list(study.series.order_by("series_number", "id"))
+
+
+def series_slice_ids(*, series: Series) -> list[int]:
+    """Primary keys of the series' slices in order along the slice normal (for the viewer)."""
+    return list(series.slices.order_by("index").values_list("pk", flat=True))
+
+
+def study_label_history(*, study: Study) -> list[ExpertLabel]:
+    """Every expert label of the study, newest first (the first one is the current label)."""
+    return list(study.labels.select_related("diagnosis", "expert").order_by("-created_at", "-id"))
+
+
+def study_reference_cases(*, study: Study) -> list[ReferenceCase]:
+    """Every reference case ever made of the study (all states), newest first."""
+    return list(
+        study.reference_cases.select_related("diagnosis", "proposed_by", "approved_by").order_by(
+            "-proposed_at", "-id"
+        )
+    )
+
+
+def study_thumbnail_slice(*, study: Study) -> Slice | None:
+    """The middle slice of the study's first series (its library thumbnail), or None."""
+    first = study.series.order_by("series_number", "id").first()
+    if first is None:
+        return None
+    slices = first.slices.order_by("index")
+    count = slices.count()
+    return slices[count // 2] if count else None
+
+
+def reference_library_list(*, diagnosis: Diagnosis | str | None = None) -> QuerySet[ReferenceCase]:
+    """The approved reference library (every logged-in user may browse it), newest first,
+    optionally of one diagnosis (a Diagnosis or its code)."""
+    qs = (
+        ReferenceCase.objects.filter(state=ReferenceCase.State.APPROVED)
+        .select_related("study__patient", "diagnosis", "approved_by")
+        .order_by("-decided_at", "-proposed_at", "-id")
+    )
+    if diagnosis:
+        if isinstance(diagnosis, Diagnosis):
+            qs = qs.filter(diagnosis=diagnosis)
+        else:
+            qs = qs.filter(diagnosis__code=diagnosis)
+    return qs
+
+
+# The name the pages' brief uses; the same approved-library read.
+reference_case_list = reference_library_list
+
+
+def diagnosis_list(*, active_only: bool = True) -> QuerySet[Diagnosis]:
+    """Diagnoses of the taxonomy for filter menus."""
+    qs = Diagnosis.objects.order_by("name")
+    return qs.filter(active=True) if active_only else qs

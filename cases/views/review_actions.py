@@ -1,0 +1,191 @@
+"""Expert actions as server-rendered POST endpoints, and the approval queue page.
+
+Views are thin: they check the role, validate the form, call one service and redirect back
+with a message. Clinicians get 403 on every endpoint here.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import NoReverseMatch, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from cases.forms_review import ExpertLabelForm, ReferenceDecisionForm, ReferenceProposeForm
+from cases.models import ReferenceCase
+from cases.permissions import is_admin, is_expert
+from cases.selectors import study_get_visible
+from cases.selectors_review import reference_case_list_visible, reference_case_pending_list
+from cases.services import review as review_services
+
+
+def expert_required(view):
+    """403 for anyone who is not an expert."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs):
+        if not is_expert(request.user):
+            raise PermissionDenied("Only experts may do this.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def study_page_url(pk: int) -> str:
+    """URL of the page that shows the study (the review page when there is one)."""
+    for name in ("cases:study_review", "cases:study_detail"):
+        try:
+            return reverse(name, args=[pk])
+        except NoReverseMatch:
+            continue
+    return reverse("cases:worklist")
+
+
+def _back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
+    """Redirect to the form's `next` field when it is a safe local URL, else to `fallback`."""
+    target = request.POST.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return HttpResponseRedirect(target)
+    return HttpResponseRedirect(fallback)
+
+
+def _form_errors(form) -> str:
+    return "; ".join(f"{field}: {' '.join(errs)}" for field, errs in form.errors.items())
+
+
+def _report(request: HttpRequest, exc: ValidationError) -> None:
+    messages.error(request, " ".join(exc.messages))
+
+
+@require_POST
+@expert_required
+def label_set(request: HttpRequest, pk: int) -> HttpResponse:
+    """Confirm or correct the study's diagnosis."""
+    study = study_get_visible(user=request.user, pk=pk)
+    form = ExpertLabelForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Label not saved: {_form_errors(form)}")
+    else:
+        try:
+            label = review_services.expert_label_set(
+                study=study,
+                diagnosis=form.cleaned_data["diagnosis"],
+                expert=request.user,
+                comment=form.cleaned_data["comment"],
+            )
+        except ValidationError as exc:
+            _report(request, exc)
+        else:
+            messages.success(request, f"Diagnosis set to {label.diagnosis.name}.")
+    return _back(request, study_page_url(study.pk))
+
+
+@require_POST
+@expert_required
+def reference_propose(request: HttpRequest, pk: int) -> HttpResponse:
+    """Propose the study as a reference case."""
+    study = study_get_visible(user=request.user, pk=pk)
+    form = ReferenceProposeForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Not proposed: {_form_errors(form)}")
+    else:
+        try:
+            reference = review_services.reference_case_propose(
+                study=study,
+                expert=request.user,
+                diagnosis=form.cleaned_data["diagnosis"],
+                comment=form.cleaned_data["comment"],
+            )
+        except ValidationError as exc:
+            _report(request, exc)
+        else:
+            messages.success(
+                request,
+                f"Proposed as a {reference.diagnosis.name} reference case; "
+                "another expert must approve it.",
+            )
+    return _back(request, study_page_url(study.pk))
+
+
+@require_GET
+def approval_queue(request: HttpRequest) -> HttpResponse:
+    """Proposed cases awaiting a second expert, and the approved library (to retire from).
+
+    Experts decide; admins see the queue and may retire cases but not approve them."""
+    expert = is_expert(request.user)
+    if not (expert or is_admin(request.user)):
+        raise PermissionDenied("Only experts or admins may see the approval queue.")
+    pending = list(reference_case_pending_list())
+    for case in pending:
+        case.study_url = study_page_url(case.study_id)
+        case.can_decide = expert and case.proposed_by_id != request.user.pk
+        case.is_own = case.proposed_by_id == request.user.pk
+    approved = list(
+        reference_case_list_visible(user=request.user, state=ReferenceCase.State.APPROVED)[:50]
+    )
+    for case in approved:
+        case.study_url = study_page_url(case.study_id)
+    return render(
+        request,
+        "cases/approvals.html",
+        {"pending": pending, "approved": approved, "is_expert": expert},
+    )
+
+
+def _decide(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    reference = get_object_or_404(ReferenceCase, pk=pk)
+    form = ReferenceDecisionForm(request.POST)
+    comment = form.cleaned_data["comment"] if form.is_valid() else ""
+    try:
+        if action == "approve":
+            review_services.reference_case_approve(
+                reference_case=reference, expert=request.user, comment=comment
+            )
+            messages.success(
+                request,
+                f"Reference case #{reference.pk} approved; it is being added to the index.",
+            )
+        else:
+            review_services.reference_case_reject(
+                reference_case=reference, expert=request.user, comment=comment
+            )
+            messages.success(request, f"Reference case #{reference.pk} rejected.")
+    except ValidationError as exc:
+        _report(request, exc)
+    return _back(request, reverse("review:approvals"))
+
+
+@require_POST
+@expert_required
+def reference_approve(request: HttpRequest, pk: int) -> HttpResponse:
+    return _decide(request, pk, "approve")
+
+
+@require_POST
+@expert_required
+def reference_reject(request: HttpRequest, pk: int) -> HttpResponse:
+    return _decide(request, pk, "reject")
+
+
+@require_POST
+def reference_retire(request: HttpRequest, pk: int) -> HttpResponse:
+    """Take an approved case out of the library (experts and admins)."""
+    if not (is_expert(request.user) or is_admin(request.user)):
+        raise PermissionDenied("Only experts or admins may retire reference cases.")
+    reference = get_object_or_404(ReferenceCase, pk=pk)
+    try:
+        review_services.reference_case_retire(reference_case=reference, actor=request.user)
+    except ValidationError as exc:
+        _report(request, exc)
+    else:
+        messages.success(
+            request, f"Reference case #{reference.pk} retired; it is being removed from the index."
+        )
+    return _back(request, reverse("review:approvals"))

@@ -1,0 +1,1 @@
+"""Django-free retrieval engine: preprocessing, features, fusion, training, index, query."""

@@ -1,0 +1,113 @@
+"""Explanation maps: where in the query slice does its similarity to a retrieved slice come from?
+
+Grad-CAM (the `grad-cam` library, pytorch_grad_cam) with a custom target: the cosine similarity
+of the query's embedding to the fixed embedding of the other slice. The network explained is the
+whole embedding path, backbone -> GeM -> fusion head, with the query slice's own (standardised)
+radiomics vector held fixed, so the map shows which image regions of the query drive the deep
+part of the similarity. The target layer is the backbone's last convolutional block
+(`backbone.target_layer`).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from torch import nn
+
+
+class SimilarityToEmbeddingTarget:
+    """CAM target: cosine similarity of the model output to a fixed reference embedding."""
+
+    def __init__(self, reference: torch.Tensor):
+        self.reference = nn.functional.normalize(reference.detach().flatten(), dim=0)
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.normalize(output.flatten(), dim=0)
+        return (out * self.reference.to(out.device)).sum()
+
+
+class _EmbeddingWithFixedRadiomics(nn.Module):
+    """image batch -> embedding, with the radiomics input of the fusion head held constant."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, rad: torch.Tensor | None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.register_buffer("rad", rad if rad is not None else torch.zeros(0))
+        self.uses_rad = rad is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deep = self.backbone(x)
+        if self.uses_rad:
+            return self.head(deep, self.rad.expand(deep.shape[0], -1))
+        return self.head(deep)
+
+
+def _head_uses_radiomics(model) -> bool:
+    fusion = (getattr(model, "config", {}) or {}).get("fusion", "ildffn")
+    return fusion == "ildffn"
+
+
+def _standardised_radiomics(model, prepared) -> torch.Tensor:
+    rad = model.radiomics.extract(prepared.image, prepared.mask)[None, :]
+    if model.standardizer is not None:
+        rad = model.standardizer.transform(rad)
+    return torch.as_tensor(np.asarray(rad, dtype=np.float32))
+
+
+def similarity_cam(model, query, other) -> np.ndarray:
+    """Heat map (S, S) float32 in [0, 1] over `query` (a PreparedSlice) of its embedding's
+    similarity to `other`'s embedding, for a RetrievalModel `model`.
+
+    Grad-CAM's own min-max scaling maps the map to [0, 1]; a map with no positive evidence is
+    all zeros.
+    """
+    from retrieval.engine.backbones import images_to_tensor
+
+    backbone = model.backbone
+    head = model.head
+    device = next(backbone.parameters()).device
+    other_emb = torch.as_tensor(model.embed_prepared([other])[0], dtype=torch.float32)
+    rad = _standardised_radiomics(model, query).to(device) if _head_uses_radiomics(model) else None
+    wrapper = _EmbeddingWithFixedRadiomics(backbone, head, rad).to(device)
+    # The backbone may be frozen (requires_grad False): ask for the input gradient so that the
+    # target layer's activations are part of the autograd graph and Grad-CAM gets gradients.
+    was_training = wrapper.training
+    requires = [p.requires_grad for p in wrapper.parameters()]
+    x = images_to_tensor([query.image]).to(device)
+    try:
+        with GradCAM(model=wrapper, target_layers=[backbone.target_layer]) as cam:
+            cam.compute_input_gradient = True
+            heat = cam(input_tensor=x, targets=[SimilarityToEmbeddingTarget(other_emb)])[0]
+    finally:
+        wrapper.train(was_training)
+        for p, r in zip(wrapper.parameters(), requires, strict=True):
+            p.requires_grad_(r)
+    heat = np.nan_to_num(np.asarray(heat, dtype=np.float32), nan=0.0)
+    size = query.image.shape
+    if heat.shape != size:
+        heat = np.asarray(
+            Image.fromarray(heat).resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32
+        )
+    return np.clip(heat, 0.0, 1.0)
+
+
+def overlay_png(image01: np.ndarray, heat01: np.ndarray, *, alpha: float = 0.4) -> bytes:
+    """PNG bytes of the grey slice with the heat map blended on top in the 'jet' colour map."""
+    from matplotlib import colormaps
+
+    image = np.clip(np.asarray(image01, dtype=np.float32), 0.0, 1.0)
+    heat = np.clip(np.asarray(heat01, dtype=np.float32), 0.0, 1.0)
+    if heat.shape != image.shape:
+        raise ValueError(f"heat map {heat.shape} and image {image.shape} differ in shape")
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    colour = colormaps["jet"](heat)[..., :3].astype(np.float32)
+    blended = (1.0 - alpha) * rgb + alpha * colour
+    out = Image.fromarray((np.clip(blended, 0, 1) * 255).round().astype(np.uint8), mode="RGB")
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,189 @@
+"""`manage.py train_model MANIFEST.csv --out DIR`: train a retrieval model version."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+
+class Command(BaseCommand):
+    help = (
+        "Train the fusion head (contrastive learning) on a manifest of labelled images or on the "
+        "approved reference library, save the model artefact to --out and optionally register "
+        "(and activate) it as a model version."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("manifest", nargs="?", type=Path, help="CSV: path,label,patient_id")
+        parser.add_argument("--from-library", action="store_true", help="train on approved cases")
+        parser.add_argument("--out", type=Path, required=True, help="artefact folder")
+        parser.add_argument("--backbone", default=settings.ILDREVIEW_BACKBONE)
+        parser.add_argument(
+            "--weights", default="", help="imagenet (default) | random (tests) | weights file"
+        )
+        parser.add_argument("--epochs", type=int, default=30)
+        parser.add_argument("--loss", choices=["paper", "supcon"], default="paper")
+        parser.add_argument("--mode", choices=["head", "end_to_end"], default="head")
+        parser.add_argument("--fusion", choices=["ildffn", "deep", "radiomics"], default="ildffn")
+        parser.add_argument("--embed-dim", type=int, default=128)
+        parser.add_argument("--size", type=int, default=512)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--limit", type=int, default=None, help="about N rows (quick runs)")
+        parser.add_argument("--name", default="", help="model version name (default: folder)")
+        parser.add_argument("--register", action="store_true")
+        parser.add_argument("--activate", action="store_true", help="implies --register")
+
+    def handle(self, *args, **opts):
+        from retrieval.engine.evaluation import ManifestError, read_manifest
+
+        if bool(opts["manifest"]) == bool(opts["from_library"]):
+            raise CommandError("give either MANIFEST.csv or --from-library (one of them)")
+        out: Path = opts["out"]
+        if out.exists() and any(out.iterdir()):
+            raise CommandError(f"{out}: folder exists and is not empty")
+        name = opts["name"] or out.name
+        register = opts["register"] or opts["activate"]
+        if register:
+            from retrieval.models import ModelVersion
+
+            if ModelVersion.objects.filter(name=name).exists():
+                raise CommandError(f"a model version named {name!r} already exists")
+        weights = opts["weights"] or _default_weights(opts["backbone"])
+        quiet = opts["verbosity"] < 1
+
+        if opts["from_library"]:
+            prepared, labels, patients = _library_slices(size=opts["size"], quiet=quiet)
+            source = "reference library (approved cases)"
+        else:
+            try:
+                items = read_manifest(opts["manifest"], limit=opts["limit"], seed=opts["seed"])
+            except ManifestError as exc:
+                raise CommandError(str(exc)) from exc
+            prepared, labels, patients = _manifest_slices(items, size=opts["size"], quiet=quiet)
+            source = str(opts["manifest"])
+        if len(set(labels)) < 2:
+            raise CommandError(f"{source}: training needs at least two classes")
+
+        try:
+            model = _train(prepared, labels, opts=opts, weights=weights, quiet=quiet)
+        except Exception as exc:  # engine errors: report them without a half-written folder
+            _remove_partial(out)
+            raise CommandError(f"training failed: {exc}") from exc
+        model.metrics = {
+            **(model.metrics or {}),
+            "n_slices": len(labels),
+            "n_patients": len(set(patients)),
+            "source": source,
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        model.save(out)
+        self.stdout.write(self.style.SUCCESS(f"saved model artefact to {out}"))
+        if register:
+            from retrieval.services import ModelVersionError, model_version_register
+
+            try:
+                version = model_version_register(
+                    artefact_dir=out, name=name, activate=opts["activate"]
+                )
+            except ModelVersionError as exc:
+                raise CommandError(str(exc)) from exc
+            state = "registered and activated" if version.is_active else "registered"
+            self.stdout.write(self.style.SUCCESS(f"model version {version.name!r} {state}"))
+
+
+def _default_weights(backbone: str) -> str:
+    if backbone == "resnet50" and settings.ILDREVIEW_RESNET50_WEIGHTS:
+        return settings.ILDREVIEW_RESNET50_WEIGHTS
+    return "imagenet"
+
+
+def _remove_partial(out: Path) -> None:
+    import shutil
+
+    if out.exists():
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _manifest_slices(items, *, size: int, quiet: bool):
+    from retrieval.engine.preprocess import load_image_file, prepare_slice
+
+    prepared = []
+    for path in tqdm(items.paths, desc="prepare", disable=quiet, file=sys.stderr):
+        try:
+            pixels, windowed = load_image_file(path)
+            prepared.append(prepare_slice(pixels, is_windowed=windowed, size=size))
+        except Exception as exc:
+            raise CommandError(f"{path}: cannot be read as an image ({exc})") from exc
+    return prepared, list(items.labels), list(items.patients)
+
+
+def _library_slices(*, size: int, quiet: bool):
+    """Usable slices of every approved reference case, labelled with its diagnosis."""
+    from retrieval.pipeline.runtime import slice_prepare
+    from retrieval.selectors import reference_training_slices
+
+    prepared, labels, patients = [], [], []
+    rows = reference_training_slices()
+    for slice_obj, label, patient in tqdm(rows, desc="prepare", disable=quiet, file=sys.stderr):
+        p = slice_prepare(slice_obj=slice_obj, size=size)
+        if p.lung_fraction >= settings.ILDREVIEW_MIN_LUNG_FRACTION:
+            prepared.append(p)
+            labels.append(label)
+            patients.append(patient)
+    if not prepared:
+        raise CommandError("the reference library has no approved case with usable slices")
+    return prepared, labels, patients
+
+
+def _train(prepared, labels, *, opts, weights: str, quiet: bool):
+    import torch
+
+    from retrieval.engine.artefact import RetrievalModel
+    from retrieval.engine.backbones import build_backbone
+    from retrieval.engine.features import FeatureExtractor
+    from retrieval.engine.radiomics import RadiomicsExtractor, Standardizer
+    from retrieval.engine.training import TrainConfig, train_end_to_end, train_head
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    class_names = sorted(set(labels))
+    y = np.array([class_names.index(label) for label in labels], dtype=np.int64)
+    backbone = build_backbone(opts["backbone"], weights=weights, device=device)
+    radiomics = RadiomicsExtractor()
+    config = TrainConfig(
+        loss=opts["loss"],
+        epochs=opts["epochs"],
+        embed_dim=opts["embed_dim"],
+        mode=opts["mode"],
+        seed=opts["seed"],
+        fusion=opts["fusion"],
+    )
+    extractor = FeatureExtractor(backbone, radiomics)
+    deep, rad = extractor.extract(prepared)
+    standardizer = Standardizer().fit(rad)
+    if opts["mode"] == "head":
+        head, train_metrics = train_head(
+            deep=deep, rad=standardizer.transform(rad), labels=y, config=config
+        )
+    else:
+        head, train_metrics = train_end_to_end(
+            backbone=backbone,
+            slices=prepared,
+            rad=standardizer.transform(rad),
+            labels=y,
+            config=config,
+        )
+    return RetrievalModel.from_parts(
+        backbone=backbone,
+        radiomics=radiomics,
+        standardizer=standardizer,
+        head=head,
+        class_names=class_names,
+        config={**asdict(config), "size": opts["size"], "weights": weights},
+        metrics=train_metrics,
+    )

@@ -1,0 +1,12 @@
+"""Asynchronous processing pipeline: uploaded study -> stored similar-case results.
+
+Django side of the retrieval engine (`retrieval/engine/`, Django-free). Modules:
+- `services`: the stage services of a study (prepare, embed, retrieve, explain) and enqueueing;
+- `reference`: keeping `ReferenceEmbedding` rows in step with the approved library and model
+  versions (approve/retire sync, re-embed on activation, bootstrap of a first model);
+- `index_store`: each worker process's in-memory vector index, synchronised incrementally;
+- `runtime`: loading the active `RetrievalModel` once per process and slice pixel access;
+- `progress`: study progress, job heartbeat and failures;
+- `recovery`: re-enqueueing studies whose worker died;
+- `selectors`: reads for pages and the API.
+"""

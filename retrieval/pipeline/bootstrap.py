@@ -1,0 +1,117 @@
+"""Training a first head-only model on the approved reference library (engine functions only).
+
+Frozen backbone (`ILDREVIEW_BACKBONE`, weights `ILDREVIEW_BOOTSTRAP_WEIGHTS`) + GeM deep
+features and radiomics of every usable slice of the approved cases (at most
+`MAX_SLICES_PER_CASE` per case, evenly spread, so one long CT does not outweigh the rest),
+radiomics standardisation fitted on them, ILD-FFN trained with the paper's contrastive loss;
+saved as an engine artefact folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+
+from cases.models import ReferenceCase, Slice
+from retrieval.pipeline.runtime import slice_prepare
+
+MAX_SLICES_PER_CASE = 16
+
+
+def _backbone_weights() -> str:
+    weights = settings.ILDREVIEW_BOOTSTRAP_WEIGHTS
+    if settings.ILDREVIEW_BACKBONE == "resnet50" and weights == "imagenet":
+        return settings.ILDREVIEW_RESNET50_WEIGHTS or weights
+    return weights
+
+
+def bootstrap_train(
+    *,
+    cases: list[ReferenceCase],
+    out_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+    epochs: int | None = None,
+) -> Path:
+    """Train on `cases` (approved, >= 2 diagnoses) and save the artefact to `out_dir`."""
+    size = int(settings.ILDREVIEW_BOOTSTRAP_SIZE)
+    prepared, labels = [], []
+    class_names = sorted({rc.diagnosis.code for rc in cases})
+    for n, rc in enumerate(cases):
+        usable = []
+        for s in Slice.objects.filter(series__study_id=rc.study_id).order_by("series_id", "index"):
+            p = slice_prepare(slice_obj=s, size=size)
+            if p.lung_fraction >= settings.ILDREVIEW_MIN_LUNG_FRACTION:
+                usable.append(p)
+        if len(usable) > MAX_SLICES_PER_CASE:
+            pick = np.linspace(0, len(usable) - 1, MAX_SLICES_PER_CASE).round().astype(int)
+            usable = [usable[i] for i in pick]
+        prepared.extend(usable)
+        labels.extend([class_names.index(rc.diagnosis.code)] * len(usable))
+        if progress:
+            progress(n + 1, len(cases))
+    return artefact_train(
+        prepared=prepared,
+        labels=labels,
+        class_names=class_names,
+        out_dir=out_dir,
+        backbone_name=settings.ILDREVIEW_BACKBONE,
+        weights=_backbone_weights(),
+        size=size,
+        epochs=int(epochs or settings.ILDREVIEW_BOOTSTRAP_EPOCHS),
+    )
+
+
+def artefact_train(
+    *,
+    prepared: list,
+    labels: list[int],
+    class_names: list[str],
+    out_dir: Path,
+    backbone_name: str,
+    weights: str,
+    size: int,
+    epochs: int,
+) -> Path:
+    """Django-free core: frozen-backbone features of prepared slices, standardised radiomics,
+    head-only ILD-FFN training; saves a `RetrievalModel` artefact to `out_dir`."""
+    import torch
+
+    from retrieval.engine.artefact import RetrievalModel
+    from retrieval.engine.backbones import build_backbone
+    from retrieval.engine.features import FeatureExtractor
+    from retrieval.engine.radiomics import RadiomicsExtractor, Standardizer
+    from retrieval.engine.training import TrainConfig, train_head
+
+    if len(set(labels)) < 2:
+        raise ValueError("bootstrap: usable slices of at least two diagnoses are needed")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backbone = build_backbone(backbone_name, weights=weights, device=device)
+    radiomics = RadiomicsExtractor()
+    deep, rad = FeatureExtractor(backbone, radiomics).extract(prepared)
+    standardizer = Standardizer().fit(rad)
+    config = TrainConfig(epochs=epochs, mode="head", fusion="ildffn", seed=0)
+    head, metrics = train_head(
+        deep=deep, rad=standardizer.transform(rad), labels=np.asarray(labels), config=config
+    )
+    model = RetrievalModel.from_parts(
+        backbone=backbone,
+        radiomics=radiomics,
+        standardizer=standardizer,
+        head=head,
+        class_names=list(class_names),
+        config={**_config_dict(config), "size": size, "weights": weights},
+        metrics=metrics,
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir)
+    return out_dir
+
+
+def _config_dict(config) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(config) if is_dataclass(config) else dict(vars(config))

@@ -1,0 +1,98 @@
+"""Re-enqueue studies whose worker died mid-processing, so nothing is lost.
+
+With Redis, the unacknowledged message of a SIGKILLed worker comes back on its own, but only
+after the broker's `visibility_timeout`; with the embedded filesystem broker it never comes
+back. So workers also recover on their own:
+
+- at `worker_ready`, a job `running` on a worker with this worker's name whose heartbeat is
+  older than this process's start was running in a previous incarnation of this worker that
+  died: re-enqueued at once;
+- every `ILDREVIEW_RECOVERY_INTERVAL_S` (a thread in the worker's main process), any job
+  `running` with a heartbeat older than `ILDREVIEW_STALE_AFTER_S`, or `queued` with a heartbeat
+  older than `ILDREVIEW_QUEUED_STALE_AFTER_S` (a message lost by a broker without
+  redelivery), is re-enqueued.
+
+Re-enqueueing starts a new run (new run_id) under a row lock, so two workers sweeping at once
+re-enqueue a study once, and the old run's message, if it is ever redelivered, is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from cases.models import Study
+from retrieval.models import StudyJob
+
+logger = logging.getLogger(__name__)
+
+PROCESS_STARTED = timezone.now()
+
+
+def stale_jobs_requeue(
+    *, hostname: str | None = None, started: datetime | None = None
+) -> list[int]:
+    """Re-enqueue lost jobs (see module docstring); returns the study ids re-enqueued."""
+    now = timezone.now()
+    stale_running = now - timedelta(seconds=getattr(settings, "ILDREVIEW_STALE_AFTER_S", 300))
+    stale_queued = now - timedelta(
+        seconds=getattr(settings, "ILDREVIEW_QUEUED_STALE_AFTER_S", 3600)
+    )
+    cond = Q(state=StudyJob.State.RUNNING, heartbeat_at__lt=stale_running) | Q(
+        state=StudyJob.State.QUEUED, heartbeat_at__lt=stale_queued
+    )
+    if hostname and started:
+        cond |= Q(state=StudyJob.State.RUNNING, worker=hostname, heartbeat_at__lt=started)
+    requeued = []
+    candidates = StudyJob.objects.filter(cond, study__status=Study.Status.PROCESSING)
+    for job_id, run_id in candidates.values_list("id", "run_id"):
+        study_id = _requeue_one(job_id=job_id, run_id=run_id)
+        if study_id is not None:
+            requeued.append(study_id)
+    if requeued:
+        logger.warning("re-enqueued studies whose worker was lost: %s", requeued)
+    return requeued
+
+
+def _requeue_one(*, job_id: int, run_id: str) -> int | None:
+    from retrieval.pipeline.services import _job_new_run, _publish
+
+    with transaction.atomic():
+        job = StudyJob.objects.select_for_update().filter(pk=job_id, run_id=run_id).first()
+        if job is None:  # another worker re-enqueued it, or it moved on meanwhile
+            return None
+        job = _job_new_run(study_id=job.study_id, model_version=job.model_version)
+        Study.objects.filter(pk=job.study_id).update(
+            progress_stage="queued", updated_at=timezone.now()
+        )
+        study_id, new_run = job.study_id, job.run_id
+        transaction.on_commit(lambda: _publish(study_id=study_id, run_id=new_run))
+    return study_id
+
+
+def recovery_thread_start(*, hostname: str) -> threading.Thread:
+    """Sweep for lost jobs now and then every ILDREVIEW_RECOVERY_INTERVAL_S in a daemon thread."""
+    interval = float(getattr(settings, "ILDREVIEW_RECOVERY_INTERVAL_S", 60))
+    started = PROCESS_STARTED
+
+    def loop():
+        first = True
+        while True:
+            try:
+                stale_jobs_requeue(hostname=hostname if first else None, started=started)
+            except Exception:  # a DB hiccup must not kill the sweeper
+                logger.exception("recovery sweep failed")
+            finally:
+                close_old_connections()
+            first = False
+            threading.Event().wait(interval)
+
+    thread = threading.Thread(target=loop, name="ildreview-recovery", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,194 @@
+"""Keeping the reference index's source of truth (`ReferenceEmbedding`) in step with the
+approved library and with model versions.
+
+- `reference_case_sync`: on approve, embed the case's slices with the active version (and with
+  a version being re-embedded, if any finished meanwhile the catch-up pass covers it); on
+  retire/reject, delete its rows in every version. Workers pick the change up at their next
+  query through the incremental `index_sync`.
+- `library_reconcile`: make a version's rows match the approved library exactly (embed the
+  approved cases it lacks, delete rows of cases no longer approved); idempotent.
+- `model_version_activate_and_reembed`: reconcile the new version while the old one keeps
+  answering queries, activate it, reconcile again for cases approved during the re-embed.
+- `model_version_bootstrap`: when no version is active and the library has approved cases of at
+  least two diagnoses, train a head-only model on it with the engine, register, activate and
+  embed — so a fresh install (demo) and the tests have a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from cases.models import ReferenceCase, Slice
+from retrieval.models import ModelVersion, ReferenceEmbedding, SliceFeatures
+from retrieval.pipeline.runtime import (
+    PipelineDataError,
+    model_image_size,
+    model_load,
+    slice_prepare,
+    vector_to_bytes,
+)
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+def _case_slices(reference_case: ReferenceCase) -> list[Slice]:
+    return list(
+        Slice.objects.filter(series__study_id=reference_case.study_id).order_by(
+            "series__series_number", "series_id", "index"
+        )
+    )
+
+
+def reference_case_embed(*, reference_case: ReferenceCase, model_version: ModelVersion) -> int:
+    """Embed the slices with enough lung of one case under `model_version`; returns the number
+    of `ReferenceEmbedding` rows it has afterwards. Idempotent (rows keyed by (version, slice);
+    rows of slices that no longer qualify are deleted)."""
+    from retrieval.pipeline.services import MAIN_RADIOMICS, embed_with_radiomics, min_lung_fraction
+
+    model = model_load(model_version=model_version)
+    size = model_image_size(model)
+    names = list(model.radiomics.feature_names)
+    main_idx = [names.index(n) for n in MAIN_RADIOMICS if n in names]
+    keep: list[tuple[Slice, object, np.ndarray]] = []
+    fractions: dict[int, float] = {}
+    for slice_obj in _case_slices(reference_case):
+        prepared = slice_prepare(slice_obj=slice_obj, size=size)
+        fractions[slice_obj.pk] = float(prepared.lung_fraction)
+        if prepared.lung_fraction >= min_lung_fraction():
+            rad = np.asarray(model.radiomics.extract(prepared.image, prepared.mask), np.float64)
+            keep.append((slice_obj, prepared, rad))
+    vectors = np.zeros((0, 0), np.float32)
+    if keep:
+        batch = int(getattr(settings, "ILDREVIEW_EMBED_BATCH", 8))
+        parts = [
+            embed_with_radiomics(
+                model=model,
+                prepared=[k[1] for k in keep[i : i + batch]],
+                radiomics=np.vstack([k[2] for k in keep[i : i + batch]]),
+            )
+            for i in range(0, len(keep), batch)
+        ]
+        vectors = np.vstack(parts)
+    with transaction.atomic():
+        # The case may have been retired while we computed: only write for an approved case.
+        current = ReferenceCase.objects.select_for_update().get(pk=reference_case.pk)
+        if current.state != ReferenceCase.State.APPROVED:
+            ReferenceEmbedding.objects.filter(reference_case=current).delete()
+            return 0
+        for slice_id, fraction in fractions.items():
+            Slice.objects.filter(pk=slice_id).update(lung_fraction=fraction)
+        for (slice_obj, _prep, rad), vec in zip(keep, vectors, strict=True):
+            SliceFeatures.objects.update_or_create(
+                slice_id=slice_obj.pk,
+                model_version=model_version,
+                defaults={
+                    "lung_fraction": fractions[slice_obj.pk],
+                    "radiomics": rad.tobytes(),
+                    "radiomics_main": {names[j]: float(rad[j]) for j in main_idx},
+                },
+            )
+            ReferenceEmbedding.objects.update_or_create(
+                model_version=model_version,
+                slice_id=slice_obj.pk,
+                defaults={
+                    "reference_case": current,
+                    "vector": vector_to_bytes(vec),
+                    "lung_fraction": fractions[slice_obj.pk],
+                },
+            )
+        kept = [k[0].pk for k in keep]
+        ReferenceEmbedding.objects.filter(
+            model_version=model_version, reference_case=current
+        ).exclude(slice_id__in=kept).delete()
+    return len(keep)
+
+
+def reference_case_sync(*, reference_case_id: int) -> int:
+    """Bring the index rows of one reference case in line with its state (see module doc).
+    Returns the number of rows the case has in the active version afterwards."""
+    from retrieval.selectors import model_version_active
+
+    rc = ReferenceCase.objects.filter(pk=reference_case_id).first()
+    if rc is None:
+        return 0
+    if rc.state != ReferenceCase.State.APPROVED:
+        ReferenceEmbedding.objects.filter(reference_case=rc).delete()
+        return 0
+    active = model_version_active()
+    if active is None:
+        logger.info("reference case %s approved but no active model yet", rc.pk)
+        return 0
+    return reference_case_embed(reference_case=rc, model_version=active)
+
+
+def library_reconcile(*, model_version: ModelVersion, progress: Progress | None = None) -> int:
+    """Make `model_version`'s rows match the approved library; returns cases embedded now."""
+    approved = ReferenceCase.objects.filter(state=ReferenceCase.State.APPROVED)
+    ReferenceEmbedding.objects.filter(model_version=model_version).exclude(
+        reference_case__in=approved
+    ).delete()
+    done_ids = set(
+        ReferenceEmbedding.objects.filter(model_version=model_version).values_list(
+            "reference_case_id", flat=True
+        )
+    )
+    todo = list(approved.exclude(pk__in=done_ids).order_by("pk"))
+    for i, rc in enumerate(todo):
+        try:
+            reference_case_embed(reference_case=rc, model_version=model_version)
+        except PipelineDataError as exc:  # one unreadable case must not block the library
+            logger.warning("reference case %s not embedded: %s", rc.pk, exc)
+        if progress:
+            progress(i + 1, len(todo))
+    return len(todo)
+
+
+def model_version_activate_and_reembed(*, model_version_id: int) -> int:
+    """Re-embed the approved library with the version, then activate it; the previously
+    active version answers queries until the switch. Returns the number of cases embedded."""
+    from retrieval.services import model_version_activate
+
+    version = ModelVersion.objects.get(pk=model_version_id)
+    n = library_reconcile(model_version=version)
+    model_version_activate(version=version)
+    # Cases approved while we were embedding were synced into the old version only.
+    n += library_reconcile(model_version=version)
+    return n
+
+
+def model_version_bootstrap(*, force: bool = False, progress: Progress | None = None):
+    """Train, register, activate and embed a first model from the approved library.
+
+    Does nothing (returns None) when a version is active (unless `force`) or the library has
+    fewer than two diagnoses. Backbone: `ILDREVIEW_BACKBONE` with `ILDREVIEW_BOOTSTRAP_WEIGHTS`
+    ("imagenet" by default; tests use "random"), image size `ILDREVIEW_BOOTSTRAP_SIZE`.
+    """
+    from retrieval.pipeline.bootstrap import bootstrap_train
+    from retrieval.selectors import model_version_active
+    from retrieval.services import model_version_activate, model_version_register
+
+    if model_version_active() is not None and not force:
+        return None
+    approved = list(
+        ReferenceCase.objects.filter(state=ReferenceCase.State.APPROVED).select_related("diagnosis")
+    )
+    if len({rc.diagnosis_id for rc in approved}) < 2:
+        logger.info("bootstrap: the approved library needs cases of at least two diagnoses")
+        return None
+    name = f"bootstrap-{timezone.now():%Y%m%d-%H%M%S}"
+    out = Path(settings.ILDREVIEW_MODEL_DIR) / name
+    bootstrap_train(cases=approved, out_dir=out, progress=progress)
+    version = model_version_register(artefact_dir=out, name=name)
+    library_reconcile(model_version=version)
+    model_version_activate(version=version)
+    library_reconcile(model_version=version)
+    return version

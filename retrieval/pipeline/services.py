@@ -1,0 +1,464 @@
+"""Processing of an uploaded study: prepare -> embed -> retrieve -> explain.
+
+Each stage is a service taking `study_id` and `run_id` and is run by its own Celery task
+(`retrieval.tasks`), so the heavy parts can go to the `gpu` queue:
+
+- prepare (cpu queue): load HU slices, engine `prepare_slice` (window, resize, k-means lung
+  mask), `Slice.lung_fraction`, raw pyradiomics vector + main features (`SliceFeatures`).
+  The k-means segmentation is numpy code with no CUDA path, so it runs next to radiomics on
+  the cpu queue instead of occupying a GPU worker.
+- embed (gpu queue): backbone + GeM deep features and the fusion head -> `SliceFeatures.embedding`
+  for slices with enough lung (`ILDREVIEW_MIN_LUNG_FRACTION`).
+- retrieve (cpu queue): incremental index sync + `rank_cases` -> `StudyResult` + `SimilarCase`.
+- explain (gpu queue): similarity CAM of the best slice pair of every retrieved case, saved as
+  PNG overlays with deterministic names, then the study becomes ready_for_review.
+
+Idempotency: every write is keyed by unique fields (`update_or_create` on (slice, version);
+results deleted and re-created in one transaction; CAM files written under fixed names after
+removing the old ones), so re-running a stage after a crash gives the same rows and files.
+A stage whose `run_id` is no longer the study's current run (a message redelivered after a
+worker died, when the study was already re-enqueued) does nothing and returns False.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from cases.models import Diagnosis, ReferenceCase, Slice, Study
+from retrieval.models import ModelVersion, SimilarCase, SliceFeatures, StudyJob, StudyResult
+from retrieval.pipeline import progress as prog
+from retrieval.pipeline.runtime import (
+    PipelineDataError,
+    model_image_size,
+    model_load,
+    slice_prepare,
+    vector_from_bytes,
+    vector_to_bytes,
+)
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("prepare", "embed", "retrieve", "explain")
+# Radiomics features shown side by side on the review page (those the params file enables).
+MAIN_RADIOMICS = (
+    "original_firstorder_Mean",
+    "original_firstorder_Skewness",
+    "original_firstorder_Kurtosis",
+    "original_firstorder_Entropy",
+    "original_glcm_Contrast",
+    "original_glcm_Correlation",
+    "original_glrlm_RunLengthNonUniformity",
+    "original_glszm_ZoneEntropy",
+    "original_ngtdm_Coarseness",
+    "original_shape2D_PixelSurface",
+)
+
+
+def results_top_k() -> int:
+    return int(getattr(settings, "ILDREVIEW_RESULTS_TOP_K", 8))
+
+
+def min_lung_fraction() -> float:
+    return float(settings.ILDREVIEW_MIN_LUNG_FRACTION)
+
+
+# ---------------------------------------------------------------------------------------------
+# Enqueueing
+# ---------------------------------------------------------------------------------------------
+
+
+def study_enqueue_processing(*, study: Study) -> StudyJob:
+    """Queue `study` for processing (upload, API, or the Retry action on a failed study).
+
+    Moves the study to `processing` (stage "queued"), starts a new run (new `run_id`, so any
+    message of an older run becomes a no-op) pinned to the active model version, and publishes
+    the stage chain on commit. Raises ValueError when the status machine forbids it.
+    """
+    from retrieval.selectors import model_version_active
+
+    with transaction.atomic():
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        if not locked.can_transition(Study.Status.PROCESSING):
+            raise ValueError(f"study {study.pk} cannot be processed from status {locked.status}")
+        locked.status = Study.Status.PROCESSING
+        locked.status_message = ""
+        locked.progress_stage = "queued"
+        locked.progress_percent = 0
+        locked.save(
+            update_fields=[
+                "status",
+                "status_message",
+                "progress_stage",
+                "progress_percent",
+                "updated_at",
+            ]
+        )
+        job = _job_new_run(study_id=locked.pk, model_version=model_version_active())
+        run_id = job.run_id
+        transaction.on_commit(lambda: _publish(study_id=locked.pk, run_id=run_id))
+    study.refresh_from_db()
+    return job
+
+
+def _job_new_run(*, study_id: int, model_version: ModelVersion | None) -> StudyJob:
+    job, _ = StudyJob.objects.select_for_update().get_or_create(
+        study_id=study_id, defaults={"run_id": ""}
+    )
+    job.run_id = uuid.uuid4().hex
+    job.model_version = model_version
+    job.stage = "queued"
+    job.state = StudyJob.State.QUEUED
+    job.worker = ""
+    job.attempts += 1
+    job.heartbeat_at = timezone.now()
+    job.started_at = None
+    job.finished_at = None
+    job.save()
+    return job
+
+
+def _publish(*, study_id: int, run_id: str) -> None:
+    from retrieval.tasks import study_pipeline_signature
+
+    study_pipeline_signature(study_id=study_id, run_id=run_id).apply_async()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage plumbing
+# ---------------------------------------------------------------------------------------------
+
+
+def _current_job(*, study_id: int, run_id: str) -> StudyJob | None:
+    """The study's job if `run_id` is its current run and the study is processing."""
+    job = (
+        StudyJob.objects.select_related("model_version", "study").filter(study_id=study_id).first()
+    )
+    if job is None or job.run_id != run_id:
+        logger.info("study %s: run %s is not current, skipping", study_id, run_id)
+        return None
+    if job.study.status != Study.Status.PROCESSING:
+        logger.info("study %s is %s, not processing; skipping", study_id, job.study.status)
+        return None
+    return job
+
+
+def _job_model_version(job: StudyJob) -> ModelVersion:
+    """The version pinned at enqueue time; the active one if none was active then."""
+    if job.model_version is None:
+        from retrieval.selectors import model_version_active
+
+        active = model_version_active()
+        if active is None:
+            raise PipelineDataError(
+                "no active retrieval model version: an admin must train/activate one "
+                "(python manage.py bootstrap_model), then press Retry"
+            )
+        StudyJob.objects.filter(pk=job.pk).update(model_version=active)
+        job.model_version = active
+    return job.model_version
+
+
+def _study_slices(study_id: int) -> list[Slice]:
+    return list(
+        Slice.objects.filter(series__study_id=study_id)
+        .select_related("series")
+        .order_by("series__series_number", "series_id", "index")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------
+
+
+def study_prepare(*, study_id: int, run_id: str) -> bool:
+    """Stage 1: lung masks, lung fractions and radiomics of every slice of the study."""
+    job = _current_job(study_id=study_id, run_id=run_id)
+    if job is None:
+        return False
+    version = _job_model_version(job)
+    progress = prog.stage_start(job=job, stage="prepare")
+    model = model_load(model_version=version)
+    size = model_image_size(model)
+    slices = _study_slices(study_id)
+    if not slices:
+        raise PipelineDataError(f"study {study_id} has no slices to process")
+    names = list(model.radiomics.feature_names)
+    main_idx = [names.index(n) for n in MAIN_RADIOMICS if n in names] or list(
+        range(min(8, len(names)))
+    )
+    threshold = min_lung_fraction()
+    for i, slice_obj in enumerate(slices):
+        prepared = slice_prepare(slice_obj=slice_obj, size=size)
+        fraction = float(prepared.lung_fraction)
+        rad = b""
+        main: dict[str, float] = {}
+        if fraction >= threshold:
+            # Slices without enough lung are never queried; skip their (costly) radiomics.
+            vec = np.asarray(
+                model.radiomics.extract(prepared.image, prepared.mask), dtype=np.float64
+            )
+            rad = vec.tobytes()
+            main = {names[j]: float(vec[j]) for j in main_idx}
+        with transaction.atomic():
+            Slice.objects.filter(pk=slice_obj.pk).update(lung_fraction=fraction)
+            SliceFeatures.objects.update_or_create(
+                slice_id=slice_obj.pk,
+                model_version=version,
+                defaults={
+                    "lung_fraction": fraction,
+                    "radiomics": rad,
+                    "radiomics_main": main,
+                    "embedding": None,
+                },
+            )
+        progress(i + 1, len(slices))
+    prog.stage_done(study_id=study_id, run_id=run_id)
+    return True
+
+
+def study_embed(*, study_id: int, run_id: str) -> bool:
+    """Stage 2: fused embeddings of the slices with enough lung."""
+    job = _current_job(study_id=study_id, run_id=run_id)
+    if job is None:
+        return False
+    version = _job_model_version(job)
+    progress = prog.stage_start(job=job, stage="embed")
+    model = model_load(model_version=version)
+    size = model_image_size(model)
+    feats = list(
+        SliceFeatures.objects.filter(
+            model_version=version,
+            slice__series__study_id=study_id,
+            lung_fraction__gte=min_lung_fraction(),
+        )
+        .select_related("slice")
+        .order_by("slice__series__series_number", "slice__series_id", "slice__index")
+    )
+    batch = int(getattr(settings, "ILDREVIEW_EMBED_BATCH", 8))
+    for start in range(0, len(feats), batch):
+        chunk = feats[start : start + batch]
+        prepared = [slice_prepare(slice_obj=f.slice, size=size) for f in chunk]
+        rad = np.vstack([np.frombuffer(bytes(f.radiomics), dtype=np.float64) for f in chunk])
+        vectors = embed_with_radiomics(model=model, prepared=prepared, radiomics=rad)
+        with transaction.atomic():
+            for f, vec in zip(chunk, vectors, strict=True):
+                SliceFeatures.objects.filter(pk=f.pk).update(embedding=vector_to_bytes(vec))
+        progress(start + len(chunk), len(feats))
+    prog.stage_done(study_id=study_id, run_id=run_id)
+    return True
+
+
+def embed_with_radiomics(*, model, prepared: list, radiomics: np.ndarray) -> np.ndarray:
+    """Embeddings (N, E) of prepared slices whose raw radiomics were computed already: deep
+    features through the backbone, then the model's fusion (`embed_features`)."""
+    import torch
+
+    from retrieval.engine.backbones import images_to_tensor
+
+    backbone = model.backbone
+    device = next(backbone.parameters()).device
+    with torch.no_grad():
+        x = images_to_tensor([p.image for p in prepared]).to(device)
+        deep = backbone(x).detach().cpu().numpy().astype(np.float32)
+    return np.asarray(model.embed_features(deep, radiomics), dtype=np.float32)
+
+
+def study_retrieve(*, study_id: int, run_id: str) -> bool:
+    """Stage 3: rank the reference cases for the study's slices and store the result."""
+    from retrieval.pipeline.index_store import index_query
+
+    job = _current_job(study_id=study_id, run_id=run_id)
+    if job is None:
+        return False
+    version = _job_model_version(job)
+    progress = prog.stage_start(job=job, stage="retrieve")
+    rows = list(
+        SliceFeatures.objects.filter(
+            model_version=version,
+            slice__series__study_id=study_id,
+            lung_fraction__gte=min_lung_fraction(),
+            embedding__isnull=False,
+        )
+        .order_by("slice__series__series_number", "slice__series_id", "slice__index")
+        .values_list("slice_id", "embedding")
+    )
+    total = Slice.objects.filter(series__study_id=study_id).count()
+    if not rows:
+        raise PipelineDataError(
+            f"study {study_id}: no slice has a lung fraction of at least {min_lung_fraction():.2f}"
+            " (is this a chest CT?)"
+        )
+    query_slice_ids = [r[0] for r in rows]
+    vectors = np.vstack([vector_from_bytes(r[1]) for r in rows])
+    own = set(ReferenceCase.objects.filter(study_id=study_id).values_list("id", flat=True))
+    result, meta = index_query(
+        model_version=version,
+        query_vectors=vectors,
+        k_cases=results_top_k(),
+        exclude_case_ids=own,
+    )
+    codes = {d.code: d for d in Diagnosis.objects.all()}
+    with transaction.atomic():
+        _results_delete(study_id=study_id, model_version_id=version.pk)
+        suggested = codes.get(result.suggested_label) if result.suggested_label else None
+        key_slice = query_slice_ids[result.cases[0].query_slice_index] if result.cases else None
+        sr = StudyResult.objects.create(
+            study_id=study_id,
+            model_version=version,
+            suggested_diagnosis=suggested,
+            votes={str(k): float(v) for k, v in result.votes.items()},
+            key_slice_id=key_slice,
+            query_slice_count=len(rows),
+            excluded_slice_count=total - len(rows),
+        )
+        SimilarCase.objects.bulk_create(
+            [
+                SimilarCase(
+                    result=sr,
+                    rank=rank,
+                    reference_case_id=hit.case_id,
+                    score=float(hit.score),
+                    n_hits=int(hit.n_hits),
+                    query_slice_id=query_slice_ids[hit.query_slice_index],
+                    reference_slice_id=meta[hit.best_slice_id][2],
+                )
+                for rank, hit in enumerate(result.cases, start=1)
+            ]
+        )
+    progress(1, 1, force=True)
+    prog.stage_done(study_id=study_id, run_id=run_id)
+    return True
+
+
+def cam_name(*, study_id: int, model_version_id: int, rank: int, side: str) -> str:
+    """Deterministic media name of a CAM overlay, so re-runs overwrite instead of adding."""
+    return f"results/{study_id}/{model_version_id}/rank{rank:02d}-{side}.png"
+
+
+def _results_dir(study_id: int, model_version_id: int) -> str:
+    return f"results/{study_id}/{model_version_id}"
+
+
+def _results_delete(*, study_id: int, model_version_id: int) -> None:
+    """Delete the stored result of (study, version) and its CAM files."""
+    StudyResult.objects.filter(study_id=study_id, model_version_id=model_version_id).delete()
+    folder = _results_dir(study_id, model_version_id)
+    try:
+        _dirs, files = default_storage.listdir(folder)
+    except (FileNotFoundError, NotImplementedError):
+        return
+    for name in files:
+        default_storage.delete(f"{folder}/{name}")
+
+
+def _media_write(name: str, data: bytes) -> str:
+    if default_storage.exists(name):
+        default_storage.delete(name)
+    saved = default_storage.save(name, ContentFile(data))
+    if saved != name:  # a concurrent writer got there first; keep ours under the fixed name
+        default_storage.delete(saved)
+        raise RuntimeError(f"could not write {name} (storage chose {saved})")
+    return saved
+
+
+def study_explain(*, study_id: int, run_id: str) -> bool:
+    """Stage 4: CAM overlays for the best slice pair of each retrieved case; then the study is
+    ready for review."""
+    from retrieval.engine.cam import overlay_png, similarity_cam
+
+    job = _current_job(study_id=study_id, run_id=run_id)
+    if job is None:
+        return False
+    version = _job_model_version(job)
+    progress = prog.stage_start(job=job, stage="explain")
+    model = model_load(model_version=version)
+    size = model_image_size(model)
+    result = StudyResult.objects.filter(study_id=study_id, model_version=version).first()
+    if result is None:
+        raise PipelineDataError(f"study {study_id}: no stored result to explain (retrieve first)")
+    cases = list(result.cases.select_related("query_slice", "reference_slice"))
+    for i, case in enumerate(cases):
+        query = slice_prepare(slice_obj=case.query_slice, size=size)
+        ref = slice_prepare(slice_obj=case.reference_slice, size=size)
+        q_png = overlay_png(query.image, similarity_cam(model, query, ref))
+        r_png = overlay_png(ref.image, similarity_cam(model, ref, query))
+        names = {}
+        for side, data in (("query", q_png), ("reference", r_png)):
+            name = cam_name(
+                study_id=study_id, model_version_id=version.pk, rank=case.rank, side=side
+            )
+            names[side] = _media_write(name, data)
+        SimilarCase.objects.filter(pk=case.pk).update(
+            query_cam=names["query"], reference_cam=names["reference"]
+        )
+        progress(i + 1, len(cases))
+    return study_finish(study_id=study_id, run_id=run_id)
+
+
+def study_finish(*, study_id: int, run_id: str) -> bool:
+    """Mark the run done and the study ready_for_review (100 %)."""
+    with transaction.atomic():
+        job = StudyJob.objects.select_for_update().filter(study_id=study_id).first()
+        study = Study.objects.select_for_update().get(pk=study_id)
+        if job is None or job.run_id != run_id or study.status != Study.Status.PROCESSING:
+            return False
+        study.status = Study.Status.READY_FOR_REVIEW
+        study.status_message = ""
+        study.progress_stage = "done"
+        study.progress_percent = 100
+        study.save(
+            update_fields=[
+                "status",
+                "status_message",
+                "progress_stage",
+                "progress_percent",
+                "updated_at",
+            ]
+        )
+        job.stage = "done"
+        job.state = StudyJob.State.DONE
+        job.finished_at = timezone.now()
+        job.save(update_fields=["stage", "state", "finished_at", "updated_at"])
+    return True
+
+
+STAGE_SERVICES = {
+    "prepare": study_prepare,
+    "embed": study_embed,
+    "retrieve": study_retrieve,
+    "explain": study_explain,
+}
+
+
+def study_process(*, study_id: int, run_id: str | None = None) -> bool:
+    """Run all stages in this process (management commands, debugging). Without `run_id`, the
+    study is enqueued-in-place first (a new run) but not published to the broker."""
+    if run_id is None:
+        with transaction.atomic():
+            study = Study.objects.select_for_update().get(pk=study_id)
+            if study.status != Study.Status.PROCESSING:
+                if not study.can_transition(Study.Status.PROCESSING):
+                    raise ValueError(f"study {study_id} cannot be processed from {study.status}")
+                study.status = Study.Status.PROCESSING
+                study.status_message = ""
+                study.save(update_fields=["status", "status_message", "updated_at"])
+            from retrieval.selectors import model_version_active
+
+            run_id = _job_new_run(study_id=study_id, model_version=model_version_active()).run_id
+    try:
+        for stage in STAGES:
+            if not STAGE_SERVICES[stage](study_id=study_id, run_id=run_id):
+                return False
+    except PipelineDataError as exc:
+        prog.study_mark_failed(study_id=study_id, run_id=run_id, message=str(exc))
+        return False
+    return True

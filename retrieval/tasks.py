@@ -1,0 +1,176 @@
+"""Celery tasks of the retrieval pipeline: thin wrappers (primary keys in, one service call).
+
+Queues (routes in `ildreview/celery.py`): `gpu` for the stages that run the network (embed, explain,
+reference embedding, re-embedding, bootstrap training); `cpu` for prepare (k-means lung masks +
+radiomics), retrieve (index) and recovery. Retries with exponential backoff only on transient
+errors (database connection, broker connection); bad data fails the study at once with a clear
+message. `acks_late` + `reject_on_worker_lost` (settings) let a killed worker's message come
+back; `retrieval.pipeline.recovery` covers brokers that do not redeliver.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task, chain, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from kombu.exceptions import OperationalError as BrokerOperationalError
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    BrokerOperationalError,
+    ConnectionError,
+)
+try:  # redis-py's errors do not derive from the builtin ConnectionError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    TRANSIENT_ERRORS += (RedisConnectionError, RedisTimeoutError)
+except ImportError:  # pragma: no cover
+    pass
+
+STAGE_SOFT_LIMIT = getattr(settings, "ILDREVIEW_STAGE_SOFT_TIME_LIMIT_S", 1200)
+LONG_SOFT_LIMIT = getattr(settings, "ILDREVIEW_LONG_SOFT_TIME_LIMIT_S", 3600)
+RETRY = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 5,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
+
+
+class StudyStageTask(Task):
+    """A study stage: when it finally fails (bad data, time limit, retries exhausted) the
+    study goes to `failed` with the reason, for the Retry button."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        from retrieval.pipeline.progress import study_mark_failed
+        from retrieval.pipeline.runtime import PipelineDataError
+
+        study_id = kwargs.get("study_id", args[0] if args else None)
+        run_id = kwargs.get("run_id", args[1] if len(args) > 1 else None)
+        stage = self.name.rsplit("_", 1)[-1]
+        if isinstance(exc, PipelineDataError):
+            message = str(exc)
+        elif isinstance(exc, SoftTimeLimitExceeded):
+            message = f"stage {stage} took longer than {self.soft_time_limit} s and was stopped"
+        else:
+            message = f"stage {stage} failed: {type(exc).__name__}: {exc}"
+        if study_id is not None:
+            study_mark_failed(study_id=study_id, run_id=run_id, message=message)
+
+
+def _stage_task(stage: str):
+    def run(self, study_id: int, run_id: str) -> bool:
+        from retrieval.pipeline.services import STAGE_SERVICES
+
+        return STAGE_SERVICES[stage](study_id=study_id, run_id=run_id)
+
+    run.__name__ = f"study_{stage}"
+    run.__doc__ = f"Stage `{stage}` of a study (retrieval.pipeline.services.study_{stage})."
+    return shared_task(
+        bind=True,
+        base=StudyStageTask,
+        name=f"retrieval.tasks.study_{stage}",
+        soft_time_limit=STAGE_SOFT_LIMIT,
+        time_limit=STAGE_SOFT_LIMIT + 60,
+        **RETRY,
+    )(run)
+
+
+study_prepare = _stage_task("prepare")
+study_embed = _stage_task("embed")
+study_retrieve = _stage_task("retrieve")
+study_explain = _stage_task("explain")
+
+
+def study_pipeline_signature(*, study_id: int, run_id: str):
+    """The chain prepare -> embed -> retrieve -> explain of one run of a study."""
+    return chain(
+        study_prepare.si(study_id, run_id),
+        study_embed.si(study_id, run_id),
+        study_retrieve.si(study_id, run_id),
+        study_explain.si(study_id, run_id),
+    )
+
+
+@shared_task(
+    name="retrieval.tasks.reference_case_sync",
+    soft_time_limit=STAGE_SOFT_LIMIT,
+    time_limit=STAGE_SOFT_LIMIT + 60,
+    **RETRY,
+)
+def reference_case_sync(reference_case_id: int) -> int:
+    """Embed an approved case into the active version's index, or remove a retired/rejected
+    one (called on commit of approve/retire)."""
+    from retrieval.pipeline.reference import reference_case_sync as sync
+
+    return sync(reference_case_id=reference_case_id)
+
+
+@shared_task(
+    name="retrieval.tasks.model_version_activate_and_reembed",
+    soft_time_limit=LONG_SOFT_LIMIT,
+    time_limit=LONG_SOFT_LIMIT + 120,
+    **RETRY,
+)
+def model_version_activate_and_reembed(model_version_id: int) -> int:
+    """Re-embed the approved library with a version, then make it the active one."""
+    from retrieval.pipeline.reference import model_version_activate_and_reembed as run
+
+    return run(model_version_id=model_version_id)
+
+
+@shared_task(
+    name="retrieval.tasks.model_version_bootstrap",
+    soft_time_limit=LONG_SOFT_LIMIT,
+    time_limit=LONG_SOFT_LIMIT + 120,
+    **RETRY,
+)
+def model_version_bootstrap(force: bool = False) -> int | None:
+    """Train, register, activate and embed a first model from the approved library."""
+    from retrieval.pipeline.reference import model_version_bootstrap as run
+
+    version = run(force=force)
+    return version.pk if version else None
+
+
+@shared_task(
+    name="retrieval.tasks.model_version_train",
+    soft_time_limit=LONG_SOFT_LIMIT,
+    time_limit=LONG_SOFT_LIMIT + 120,
+    **RETRY,
+)
+def model_version_train(training_run_id: int) -> int | None:
+    """Train a new (inactive) model version on the approved library for a TrainingRun."""
+    from retrieval.pipeline.training import training_run_execute
+
+    version = training_run_execute(training_run_id=training_run_id)
+    return version.pk if version else None
+
+
+@shared_task(name="retrieval.tasks.stale_jobs_requeue", **RETRY)
+def stale_jobs_requeue() -> list[int]:
+    """Re-enqueue studies whose worker died (also run by every worker on start)."""
+    from retrieval.pipeline.recovery import stale_jobs_requeue as run
+
+    return run()
+
+
+@worker_ready.connect
+def _recover_on_worker_ready(sender=None, **kwargs):
+    """Re-enqueue what a previous incarnation of this worker was running when it died, then
+    keep sweeping for stale jobs of any worker."""
+    if getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False):
+        return
+    from retrieval.pipeline.recovery import recovery_thread_start
+
+    hostname = getattr(sender, "hostname", None) or ""
+    recovery_thread_start(hostname=hostname)

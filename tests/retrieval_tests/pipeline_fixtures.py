@@ -1,0 +1,110 @@
+"""Fixtures shared by the pipeline tests: a tiny trained model (random-init backbone, 64 px,
+head trained 1 epoch on synthetic slices; built once per session) and a small approved
+reference library embedded into the index."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from retrieval.models import ModelVersion
+from retrieval.pipeline import index_store, runtime
+from retrieval.pipeline.synthetic import chest_slice
+from tests.factories import UserFactory, diagnosis
+
+SIZE = 64
+LIBRARY = {"Normal": "normal", "IPF-ILD": "reticulation", "ASS-ILD": "ground_glass"}
+
+
+@pytest.fixture(scope="session")
+def tiny_artefact(tmp_path_factory):
+    from retrieval.engine.preprocess import prepare_slice
+
+    from retrieval.pipeline.bootstrap import artefact_train
+
+    prepared, labels = [], []
+    codes = sorted(LIBRARY.values())
+    for label, pattern in enumerate(codes):
+        for seed in range(3):
+            hu = chest_slice(size=SIZE, pattern=pattern, seed=seed)
+            prepared.append(prepare_slice(hu, is_windowed=False, size=SIZE))
+            labels.append(label)
+    out = tmp_path_factory.mktemp("tiny-model")
+    return artefact_train(
+        prepared=prepared,
+        labels=labels,
+        class_names=codes,
+        out_dir=out,
+        backbone_name="efficientnet_lite0",
+        weights="random",
+        size=SIZE,
+        epochs=1,
+    )
+
+
+@pytest.fixture
+def pipeline_env(settings, tmp_path):
+    """Per-test VAR_DIR (index snapshots) and clean per-process caches."""
+    settings.VAR_DIR = tmp_path / "var"
+    settings.ILDREVIEW_MIN_LUNG_FRACTION = 0.05
+    settings.ILDREVIEW_RESULTS_TOP_K = 4
+    index_store.index_forget()
+    yield settings
+    index_store.index_forget()
+    shutil.rmtree(tmp_path / "var", ignore_errors=True)
+
+
+@pytest.fixture
+def active_version(db, tiny_artefact, pipeline_env) -> ModelVersion:
+    return ModelVersion.objects.create(
+        name="tiny",
+        artefact_dir=str(tiny_artefact),
+        backbone="efficientnet_lite0",
+        is_active=True,
+    )
+
+
+@pytest.fixture
+def experts(db):
+    return UserFactory(role="Expert"), UserFactory(role="Expert")
+
+
+@pytest.fixture
+def library(active_version, experts):
+    """Two approved, embedded reference cases per diagnosis of LIBRARY."""
+    from retrieval.pipeline.reference import reference_case_sync
+    from retrieval.pipeline.synthetic import synthetic_reference_create
+
+    cases = []
+    for n, (name, pattern) in enumerate(LIBRARY.items()):
+        for j in range(2):
+            rc = synthetic_reference_create(
+                expert=experts[0],
+                approver=experts[1],
+                diagnosis=diagnosis(name),
+                pattern=pattern,
+                slices=2,
+                size=SIZE,
+                seed=50 + 10 * n + j,
+            )
+            reference_case_sync(reference_case_id=rc.pk)
+            cases.append(rc)
+    return cases
+
+
+@pytest.fixture
+def clinician(db):
+    return UserFactory(role="Clinician")
+
+
+__all__ = [
+    "SIZE",
+    "active_version",
+    "clinician",
+    "experts",
+    "library",
+    "pipeline_env",
+    "tiny_artefact",
+    "runtime",
+]
