@@ -19,11 +19,15 @@ class MultipleFileField(forms.FileField):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("widget", MultipleFileInput(attrs={"multiple": True}))
+        # Empty files reach the ingestion service, whose error names the file.
+        kwargs.setdefault("allow_empty_file", True)
         super().__init__(*args, **kwargs)
 
     def clean(self, data, initial=None):
         single = super().clean
         if isinstance(data, list | tuple):
+            if not data:
+                return single(None, initial)  # the "required" error, or None when optional
             return [single(item, initial) for item in data]
         return [single(data, initial)] if data else single(data, initial)
 

@@ -98,7 +98,13 @@ class SimilarCaseInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 @admin.register(StudyResult)
 class StudyResultAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("study", "model_version", "suggested_diagnosis", "query_slice_count", "created_at")
+    list_display = (
+        "study",
+        "model_version",
+        "suggested_diagnosis",
+        "query_slice_count",
+        "created_at",
+    )
     list_filter = ("model_version", "suggested_diagnosis", "created_at")
     search_fields = ("study__patient__display_id", "study__description")
     list_select_related = ("study__patient", "model_version", "suggested_diagnosis")

@@ -51,6 +51,8 @@ class SliceFeatures(models.Model):
     `radiomics` is the raw (unstandardised) pyradiomics vector as float64 bytes (the order of
     the version's `RadiomicsExtractor.feature_names`); `radiomics_main` is a small JSON
     {feature name: value} of the main features for the review page's side-by-side table;
+    `usable` is False for slices under `ILDREVIEW_MIN_LUNG_FRACTION` or whose radiomics failed
+    (e.g. a degenerate mask): they are never queried.
     `embedding` is the fused, L2-normalised embedding as float32 bytes (query slices; reference
     slices keep theirs in `ReferenceEmbedding`). Written by the prepare/embed stages with
     `update_or_create` on (slice, model_version), so re-running a stage never duplicates rows.
@@ -61,6 +63,9 @@ class SliceFeatures(models.Model):
         ModelVersion, on_delete=models.CASCADE, related_name="slice_features"
     )
     lung_fraction = models.FloatField()
+    usable = models.BooleanField(
+        default=False, help_text="Enough lung and radiomics computed: used for retrieval"
+    )
     radiomics = models.BinaryField(blank=True, default=b"")
     radiomics_main = models.JSONField(default=dict, blank=True)
     embedding = models.BinaryField(blank=True, null=True)

@@ -73,7 +73,12 @@
     });
   });
   input.addEventListener("change", function () { showFiles(input.files); });
-  form.addEventListener("submit", function () {
+  form.addEventListener("submit", function (e) {
+    // The server refuses requests with more files than this before reading them.
+    const maxFiles = parseInt(form.dataset.maxFiles, 10);
+    const tooMany = maxFiles > 0 && input.files.length > maxFiles;
+    document.getElementById("upload-too-many").hidden = !tooMany;
+    if (tooMany) { e.preventDefault(); return; }
     document.getElementById("upload-busy").hidden = false;
     document.getElementById("upload-submit").disabled = true;
   });

@@ -71,13 +71,6 @@ def service_call(fn, **kwargs):
         raise ValidationError({"detail": " ".join(exc.messages)}) from exc
 
 
-def _created_count(created) -> int:
-    """ImportResult.created is one flag per study (a plain count is accepted too)."""
-    if isinstance(created, int | bool):
-        return int(created)
-    return sum(1 for flag in created if flag)
-
-
 STATUS_PARAM = OpenApiParameter(
     "status", OpenApiTypes.STR, enum=[c for c, _ in Study.Status.choices], required=False
 )
@@ -146,13 +139,14 @@ class StudyListView(generics.GenericAPIView):
         files = request.FILES.getlist("files")
         if not files:
             raise ValidationError({"detail": "No files: send them in the multipart field 'files'."})
-        from cases.services.ingestion import IngestionError, study_import_uploads
+        from cases.services.ingestion import IngestionError
+        from cases.services.upload import study_upload
 
         try:
-            result = study_import_uploads(files=files, uploader=request.user)
+            result = study_upload(files=files, uploader=request.user)
         except IngestionError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        created = _created_count(result.created)
+        created = sum(result.created)
         pks = [study.pk for study in result.studies]
         studies = studies_with_current_label(
             studies=Study.objects.filter(pk__in=pks).select_related("patient", "uploaded_by")
@@ -163,7 +157,9 @@ class StudyListView(generics.GenericAPIView):
                 studies, many=True, context=self.get_serializer_context()
             ).data,
         }
-        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        # 201 when the upload wrote anything (a new study, or new series of a known one).
+        wrote = created or any(result.new_series)
+        return Response(body, status=status.HTTP_201_CREATED if wrote else status.HTTP_200_OK)
 
 
 class StudyDetailView(APIView):

@@ -161,7 +161,6 @@ _REMOVE_TAGS = frozenset(tag_for_keyword(k) for k in REMOVE)
 
 def _clean(ds: Dataset) -> None:
     """Apply the removals at this level and inside every sequence item."""
-    ds.remove_private_tags()
     for elem in list(ds):
         tag = elem.tag
         group = tag.group
@@ -181,6 +180,7 @@ def dataset_deidentify(*, ds: Dataset, patient_label: str) -> Dataset:
     PatientName and PatientID become `patient_label` (the pseudonymous display id); UIDs are
     kept. The file meta loses the sending application's AE title.
     """
+    ds.remove_private_tags()  # walks every nesting level itself
     _clean(ds)
     ds.PatientName = patient_label
     ds.PatientID = patient_label

@@ -142,8 +142,13 @@ def _studies_read(files: list[ExtractedFile], *, inputs: str) -> list[CtStudy]:
     return ct_studies_group(instances=instances)
 
 
-def _study_plan(cs: CtStudy) -> _StudyPlan:
-    """Decide what of `cs` is new, refusing conflicts with what is stored (DB reads only)."""
+def _study_plan(cs: CtStudy, *, uploader) -> _StudyPlan:
+    """Decide what of `cs` is new, refusing conflicts with what is stored (DB reads only).
+
+    A study already stored that the uploader may not see is refused: re-uploading someone
+    else's instances must neither reveal that study nor add series to it."""
+    from cases.permissions import sees_all_studies
+
     first = cs.series[0].instances[0].name
     # No PatientID at all: one anonymous patient per study rather than one for all of them.
     pseudonym = patient_pseudonym(patient_id=cs.patient_id or f"study:{cs.study_uid}")
@@ -153,6 +158,10 @@ def _study_plan(cs: CtStudy) -> _StudyPlan:
         raise DicomInputError(
             first, f"study {cs.study_uid} is already stored for a different patient"
         )
+    if existing is not None and not (
+        existing.uploaded_by_id == uploader.pk or sees_all_studies(uploader)
+    ):
+        raise DicomInputError(first, "this study was already uploaded by another user")
     plans = []
     for s in cs.series:
         name = s.instances[0].name
@@ -293,7 +302,7 @@ def _studies_store(*, studies: list[CtStudy], uploader, source: str) -> ImportRe
     result = ImportResult()
     try:
         with transaction.atomic():
-            plans = [_study_plan(cs) for cs in studies]
+            plans = [_study_plan(cs, uploader=uploader) for cs in studies]
             for plan in plans:
                 study, created, new = _study_write(
                     plan=plan, uploader=uploader, source=source, written=written

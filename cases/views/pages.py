@@ -6,6 +6,7 @@ did not exist.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -17,6 +18,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 from cases import permissions, selectors
 from cases.forms import LibraryFilterForm, UploadForm, WorklistFilterForm
 from cases.imaging import DEFAULT_PRESET, WINDOW_PRESETS
+from cases.services.ingestion import IngestionError
+from cases.services.upload import study_upload
 
 WORKLIST_PAGE_SIZE = 25
 LIBRARY_PAGE_SIZE = 24
@@ -51,21 +54,18 @@ def upload(request: HttpRequest) -> HttpResponse:
     if not permissions.can_upload(request.user):
         raise PermissionDenied("You may not upload studies.")
     if request.method == "GET":
-        return render(request, "cases/upload.html", {"form": UploadForm()})
+        return render(request, "cases/upload.html", _upload_context(UploadForm()))
 
     form = UploadForm(request.POST, request.FILES)
     if not form.is_valid():
-        return render(request, "cases/upload.html", {"form": form}, status=400)
-    # Imported here so that the pages load even while the ingestion service is being changed.
-    from cases.services.ingestion import IngestionError, study_import_uploads
-
+        return render(request, "cases/upload.html", _upload_context(form), status=400)
     try:
-        result = study_import_uploads(files=form.cleaned_data["files"], uploader=request.user)
+        result = study_upload(files=form.cleaned_data["files"], uploader=request.user)
     except IngestionError as exc:
         return render(
-            request, "cases/upload.html", {"form": UploadForm(), "error": str(exc)}, status=400
+            request, "cases/upload.html", _upload_context(UploadForm(), error=str(exc)), status=400
         )
-    for study, created in zip(result.studies, _created_flags(result), strict=False):
+    for study, created in zip(result.studies, result.created, strict=True):
         what = "Imported" if created else "Already present:"
         messages.success(request, f"{what} study {study.patient} {study.description}".strip())
     if len(result.studies) == 1:
@@ -73,12 +73,10 @@ def upload(request: HttpRequest) -> HttpResponse:
     return redirect("cases:worklist")
 
 
-def _created_flags(result) -> list[bool]:
-    # `created` is a list of flags, one per study (a plain count is tolerated too).
-    created = result.created
-    if isinstance(created, int | bool):
-        return [i < int(created) for i in range(len(result.studies))]
-    return list(created)
+def _upload_context(form: UploadForm, *, error: str = "") -> dict:
+    # Django refuses a request with more files than DATA_UPLOAD_MAX_NUMBER_FILES before any view
+    # runs (bare 400), so the page's script checks the count first and suggests a zip.
+    return {"form": form, "error": error, "max_files": settings.DATA_UPLOAD_MAX_NUMBER_FILES}
 
 
 @require_GET

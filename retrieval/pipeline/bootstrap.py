@@ -81,8 +81,7 @@ def artefact_train(
 
     from retrieval.engine.artefact import RetrievalModel
     from retrieval.engine.backbones import build_backbone
-    from retrieval.engine.features import FeatureExtractor
-    from retrieval.engine.radiomics import RadiomicsExtractor, Standardizer
+    from retrieval.engine.radiomics import RadiomicsError, RadiomicsExtractor, Standardizer
     from retrieval.engine.training import TrainConfig, train_head
 
     if len(set(labels)) < 2:
@@ -90,7 +89,20 @@ def artefact_train(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone = build_backbone(backbone_name, weights=weights, device=device)
     radiomics = RadiomicsExtractor()
-    deep, rad = FeatureExtractor(backbone, radiomics).extract(prepared)
+    # Per slice, so that one degenerate mask drops that slice instead of the whole run.
+    rows, kept, kept_labels = [], [], []
+    for p, label in zip(prepared, labels, strict=True):
+        try:
+            rows.append(radiomics.extract(p.image, p.mask))
+        except RadiomicsError:
+            continue
+        kept.append(p)
+        kept_labels.append(label)
+    if len(set(kept_labels)) < 2:
+        raise ValueError("bootstrap: usable slices of at least two diagnoses are needed")
+    labels = kept_labels
+    rad = np.vstack(rows)
+    deep = deep_features(backbone=backbone, prepared=kept)
     standardizer = Standardizer().fit(rad)
     config = TrainConfig(epochs=epochs, mode="head", fusion="ildffn", seed=0)
     head, metrics = train_head(
@@ -109,6 +121,21 @@ def artefact_train(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir)
     return out_dir
+
+
+def deep_features(*, backbone, prepared: list, batch: int = 8) -> np.ndarray:
+    """Backbone + GeM vectors (N, C) of prepared slices, in batches, without gradients."""
+    import torch
+
+    from retrieval.engine.backbones import images_to_tensor
+
+    device = next(backbone.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(prepared), batch):
+            x = images_to_tensor([p.image for p in prepared[i : i + batch]]).to(device)
+            out.append(backbone(x).detach().cpu().numpy().astype(np.float32))
+    return np.vstack(out)
 
 
 def _config_dict(config) -> dict:

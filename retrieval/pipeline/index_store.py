@@ -217,8 +217,9 @@ def index_query(
     """Sync, then rank reference cases for the query slices' vectors (engine `rank_cases`).
 
     Returns (QueryResult, meta) where meta maps embedding ids to (case id, code, slice id).
-    Cases in `exclude_case_ids` (the query study's own reference case) are dropped, asking the
-    engine for that many more so k results remain when enough exist.
+    Cases in `exclude_case_ids` (the query study's own reference case) are left out of the
+    metadata handed to the engine, which skips hits without metadata, so they neither take a
+    place among the k cases nor vote.
     """
     from retrieval.engine.query import QueryResult, rank_cases
 
@@ -226,14 +227,12 @@ def index_query(
     if live.index is None or not live.meta or len(query_vectors) == 0:
         return QueryResult(cases=[], suggested_label=None, votes={}), live.meta
     exclude = exclude_case_ids or set()
-    slice_meta = {i: (m[0], m[1]) for i, m in live.meta.items()}
+    slice_meta = {i: (m[0], m[1]) for i, m in live.meta.items() if m[0] not in exclude}
     result = rank_cases(
         query_vectors=np.asarray(query_vectors, dtype=np.float32),
         index=live.index,
         slice_meta=slice_meta,
-        k_cases=k_cases + len(exclude),
+        k_cases=k_cases,
         label_filter=label_filter,
     )
-    if exclude:
-        result.cases = [c for c in result.cases if c.case_id not in exclude][:k_cases]
     return result, dict(live.meta)

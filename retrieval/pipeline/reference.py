@@ -52,20 +52,18 @@ def reference_case_embed(*, reference_case: ReferenceCase, model_version: ModelV
     """Embed the slices with enough lung of one case under `model_version`; returns the number
     of `ReferenceEmbedding` rows it has afterwards. Idempotent (rows keyed by (version, slice);
     rows of slices that no longer qualify are deleted)."""
-    from retrieval.pipeline.services import MAIN_RADIOMICS, embed_with_radiomics, min_lung_fraction
+    from retrieval.pipeline.services import embed_with_radiomics, min_lung_fraction, slice_radiomics
 
     model = model_load(model_version=model_version)
     size = model_image_size(model)
-    names = list(model.radiomics.feature_names)
-    main_idx = [names.index(n) for n in MAIN_RADIOMICS if n in names]
-    keep: list[tuple[Slice, object, np.ndarray]] = []
+    keep: list[tuple[Slice, object, np.ndarray, dict]] = []
     fractions: dict[int, float] = {}
     for slice_obj in _case_slices(reference_case):
         prepared = slice_prepare(slice_obj=slice_obj, size=size)
         fractions[slice_obj.pk] = float(prepared.lung_fraction)
-        if prepared.lung_fraction >= min_lung_fraction():
-            rad = np.asarray(model.radiomics.extract(prepared.image, prepared.mask), np.float64)
-            keep.append((slice_obj, prepared, rad))
+        rad, main = slice_radiomics(model=model, prepared=prepared, threshold=min_lung_fraction())
+        if rad is not None:
+            keep.append((slice_obj, prepared, rad, main))
     vectors = np.zeros((0, 0), np.float32)
     if keep:
         batch = int(getattr(settings, "ILDREVIEW_EMBED_BATCH", 8))
@@ -86,14 +84,15 @@ def reference_case_embed(*, reference_case: ReferenceCase, model_version: ModelV
             return 0
         for slice_id, fraction in fractions.items():
             Slice.objects.filter(pk=slice_id).update(lung_fraction=fraction)
-        for (slice_obj, _prep, rad), vec in zip(keep, vectors, strict=True):
+        for (slice_obj, _prep, rad, main), vec in zip(keep, vectors, strict=True):
             SliceFeatures.objects.update_or_create(
                 slice_id=slice_obj.pk,
                 model_version=model_version,
                 defaults={
                     "lung_fraction": fractions[slice_obj.pk],
+                    "usable": True,
                     "radiomics": rad.tobytes(),
-                    "radiomics_main": {names[j]: float(rad[j]) for j in main_idx},
+                    "radiomics_main": main,
                 },
             )
             ReferenceEmbedding.objects.update_or_create(

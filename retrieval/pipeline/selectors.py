@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from django.conf import settings
 
 from cases.models import Study
 from retrieval.models import ModelVersion, SimilarCase, SliceFeatures, StudyJob, StudyResult
@@ -87,7 +86,7 @@ def study_similar_search(
         SliceFeatures.objects.filter(
             model_version=model_version,
             slice__series__study=study,
-            lung_fraction__gte=settings.ILDREVIEW_MIN_LUNG_FRACTION,
+            usable=True,
             embedding__isnull=False,
         )
         .order_by("slice__series__series_number", "slice__series_id", "slice__index")

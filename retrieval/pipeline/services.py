@@ -179,6 +179,26 @@ def _study_slices(study_id: int) -> list[Slice]:
 # ---------------------------------------------------------------------------------------------
 
 
+def slice_radiomics(
+    *, model, prepared, threshold: float
+) -> tuple[np.ndarray | None, dict[str, float]]:
+    """Raw radiomics vector and main features of a prepared slice, or (None, {}) when the
+    slice is not usable: too little lung (its radiomics would be noise and are costly), or a
+    mask pyradiomics cannot work with (the slice is skipped, not the study)."""
+    from retrieval.engine.radiomics import RadiomicsError
+
+    if prepared.lung_fraction < threshold:
+        return None, {}
+    try:
+        vec = np.asarray(model.radiomics.extract(prepared.image, prepared.mask), dtype=np.float64)
+    except RadiomicsError as exc:
+        logger.info("slice skipped, no radiomics: %s", exc)
+        return None, {}
+    names = list(model.radiomics.feature_names)
+    main = {n: float(vec[names.index(n)]) for n in MAIN_RADIOMICS if n in names}
+    return vec, main
+
+
 def study_prepare(*, study_id: int, run_id: str) -> bool:
     """Stage 1: lung masks, lung fractions and radiomics of every slice of the study."""
     job = _current_job(study_id=study_id, run_id=run_id)
@@ -191,23 +211,11 @@ def study_prepare(*, study_id: int, run_id: str) -> bool:
     slices = _study_slices(study_id)
     if not slices:
         raise PipelineDataError(f"study {study_id} has no slices to process")
-    names = list(model.radiomics.feature_names)
-    main_idx = [names.index(n) for n in MAIN_RADIOMICS if n in names] or list(
-        range(min(8, len(names)))
-    )
     threshold = min_lung_fraction()
     for i, slice_obj in enumerate(slices):
         prepared = slice_prepare(slice_obj=slice_obj, size=size)
         fraction = float(prepared.lung_fraction)
-        rad = b""
-        main: dict[str, float] = {}
-        if fraction >= threshold:
-            # Slices without enough lung are never queried; skip their (costly) radiomics.
-            vec = np.asarray(
-                model.radiomics.extract(prepared.image, prepared.mask), dtype=np.float64
-            )
-            rad = vec.tobytes()
-            main = {names[j]: float(vec[j]) for j in main_idx}
+        rad, main = slice_radiomics(model=model, prepared=prepared, threshold=threshold)
         with transaction.atomic():
             Slice.objects.filter(pk=slice_obj.pk).update(lung_fraction=fraction)
             SliceFeatures.objects.update_or_create(
@@ -215,7 +223,8 @@ def study_prepare(*, study_id: int, run_id: str) -> bool:
                 model_version=version,
                 defaults={
                     "lung_fraction": fraction,
-                    "radiomics": rad,
+                    "usable": rad is not None,
+                    "radiomics": rad.tobytes() if rad is not None else b"",
                     "radiomics_main": main,
                     "embedding": None,
                 },
@@ -236,9 +245,7 @@ def study_embed(*, study_id: int, run_id: str) -> bool:
     size = model_image_size(model)
     feats = list(
         SliceFeatures.objects.filter(
-            model_version=version,
-            slice__series__study_id=study_id,
-            lung_fraction__gte=min_lung_fraction(),
+            model_version=version, slice__series__study_id=study_id, usable=True
         )
         .select_related("slice")
         .order_by("slice__series__series_number", "slice__series_id", "slice__index")
@@ -260,15 +267,9 @@ def study_embed(*, study_id: int, run_id: str) -> bool:
 def embed_with_radiomics(*, model, prepared: list, radiomics: np.ndarray) -> np.ndarray:
     """Embeddings (N, E) of prepared slices whose raw radiomics were computed already: deep
     features through the backbone, then the model's fusion (`embed_features`)."""
-    import torch
+    from retrieval.pipeline.bootstrap import deep_features
 
-    from retrieval.engine.backbones import images_to_tensor
-
-    backbone = model.backbone
-    device = next(backbone.parameters()).device
-    with torch.no_grad():
-        x = images_to_tensor([p.image for p in prepared]).to(device)
-        deep = backbone(x).detach().cpu().numpy().astype(np.float32)
+    deep = deep_features(backbone=model.backbone, prepared=prepared)
     return np.asarray(model.embed_features(deep, radiomics), dtype=np.float32)
 
 
@@ -285,7 +286,7 @@ def study_retrieve(*, study_id: int, run_id: str) -> bool:
         SliceFeatures.objects.filter(
             model_version=version,
             slice__series__study_id=study_id,
-            lung_fraction__gte=min_lung_fraction(),
+            usable=True,
             embedding__isnull=False,
         )
         .order_by("slice__series__series_number", "slice__series_id", "slice__index")

@@ -46,8 +46,9 @@ def chest_slice(
             blob = ((xx - cx) ** 2 + (yy - cy) ** 2) <= 0.004
             hu[lungs & blob] = 30.0
     elif pattern == "reticulation":
-        grid = ((np.round(xx * size) % 4) == 0) | ((np.round(yy * size) % 4) == 0)
-        hu[lungs & grid] = -300.0
+        # Faint lines: dense ones would merge the lungs with the body in the k-means mask.
+        grid = ((np.round(xx * size) % 6) == 0) | ((np.round(yy * size) % 6) == 0)
+        hu[lungs & grid] = -700.0
     hu += rng.normal(0.0, 15.0, size=hu.shape)
     return np.clip(hu, -1024, 3071).astype(np.int16)
 

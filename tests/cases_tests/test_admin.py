@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from django.apps import apps
 from django.contrib import admin
+from django.test import RequestFactory
 from django.urls import reverse
 
-from cases.models import AuditEvent, ReferenceCase
+from cases.models import AuditEvent, Diagnosis, ReferenceCase
 from cases.services.audit import audit_event_record
 from tests.factories import ReferenceCaseFactory, SliceFactory, UserFactory
 
@@ -78,7 +79,8 @@ def test_audit_events_cannot_be_added_changed_or_deleted_in_admin(superuser_clie
     assert AuditEvent.objects.count() == 1
 
     model_admin = admin.site._registry[AuditEvent]
-    request = type("R", (), {"user": UserFactory(is_staff=True, is_superuser=True)})()
+    request = RequestFactory().get("/admin/")
+    request.user = UserFactory(is_staff=True, is_superuser=True)
     assert not model_admin.has_add_permission(request)
     assert not model_admin.has_change_permission(request, event)
     assert not model_admin.has_delete_permission(request, event)
@@ -90,8 +92,6 @@ def test_diagnosis_can_be_added_by_admin(superuser_client):
         {"code": "nsip", "name": "NSIP", "description": "", "active": "on"},
     )
     assert response.status_code == 302
-    from cases.models import Diagnosis
-
     assert Diagnosis.objects.filter(code="nsip").exists()
 
 

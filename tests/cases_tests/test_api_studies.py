@@ -243,7 +243,11 @@ def test_upload_creates_study_then_reupload_creates_nothing(api, clinician):
     body = response.json()
     assert body["created"] == 1
     (study,) = body["studies"]
-    assert Study.objects.get(pk=study["id"]).uploaded_by == clinician
+    saved = Study.objects.get(pk=study["id"])
+    assert saved.uploaded_by == clinician
+    # Processing was queued (the worker runs it after the request's transaction commits).
+    assert (study["status"], study["progress_stage"]) == ("processing", "queued")
+    assert saved.status == Study.Status.PROCESSING
     assert Slice.objects.filter(series__study_id=study["id"]).count() == 3
 
     for f in files:

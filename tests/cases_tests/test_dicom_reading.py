@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pydicom.uid import (
+    MPEG2MPML,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    MPEG2MPML,
     RLELossless,
     generate_uid,
 )

@@ -212,3 +212,13 @@ def test_slice_png_rejects_bad_window_parameters(client, alice, params):
     client.force_login(alice)
     response = client.get(reverse("cases:slice_png", args=[slice_.pk]), params)
     assert response.status_code == 400
+
+
+def test_expert_sees_label_and_propose_forms_but_clinician_does_not(client, alice):
+    study = StudyFactory(uploaded_by=alice)
+    client.force_login(UserFactory(role="Expert"))
+    page = client.get(reverse("cases:study_detail", args=[study.pk])).content.decode()
+    assert reverse("review:label_set", args=[study.pk]) in page
+    client.force_login(alice)
+    page = client.get(reverse("cases:study_detail", args=[study.pk])).content.decode()
+    assert reverse("review:label_set", args=[study.pk]) not in page

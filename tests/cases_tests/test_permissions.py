@@ -125,9 +125,9 @@ def test_study_list_visible_filters_by_current_diagnosis_not_an_older_one(expert
     StudyFactory()  # unlabelled
 
     assert list(selectors.study_list_visible(user=expert, diagnosis="ipf-ild")) == [ipf]
-    assert list(
-        selectors.study_list_visible(user=expert, diagnosis=diagnosis("ASS-ILD"))
-    ) == [relabelled]
+    assert list(selectors.study_list_visible(user=expert, diagnosis=diagnosis("ASS-ILD"))) == [
+        relabelled
+    ]
     annotated = selectors.study_list_with_current_diagnosis(
         studies=selectors.study_list_visible(user=expert, diagnosis="ass-ild")
     )

@@ -33,7 +33,9 @@ def build_index(backend: str, *, dim: int, seed: int = 0, **params: Any) -> Vect
     try:
         cls = BACKENDS[backend]
     except KeyError:
-        raise ValueError(f"unknown index backend {backend!r}; choose from {sorted(BACKENDS)}") from None
+        raise ValueError(
+            f"unknown index backend {backend!r}; choose from {sorted(BACKENDS)}"
+        ) from None
     return cls(dim=dim, seed=seed, **params)
 
 

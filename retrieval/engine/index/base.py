@@ -272,6 +272,7 @@ class VectorIndex(ABC):
 
     def _save_extra(self, path: Path) -> None:
         """Hook for backends with files of their own (faiss)."""
+        return None
 
     def save(self, path: Path) -> None:
         """Write the index to folder `path` (created if missing, files in it overwritten)."""

@@ -18,9 +18,7 @@ from .base import RowStore, VectorIndex, as_ids, as_vectors, empty_result, topk_
 _BLOCK_FLOATS = 1 << 24
 
 
-def exact_topk(
-    vectors: np.ndarray, queries: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows (Q, k) and scores (Q, k) of the k best rows of `vectors` for each unit query."""
     n = vectors.shape[0]
     q = queries.shape[0]

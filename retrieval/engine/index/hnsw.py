@@ -203,4 +203,6 @@ class HNSWIndex(VectorIndex):
         self._alive = arrays["alive"].astype(bool)
         self._n_dead = int(len(self._alive) - self._alive.sum())
         if self._index.ntotal != len(self._ids):
-            raise ValueError(f"{path}: graph holds {self._index.ntotal} vectors, ids {len(self._ids)}")
+            raise ValueError(
+                f"{path}: graph holds {self._index.ntotal} vectors, ids {len(self._ids)}"
+            )

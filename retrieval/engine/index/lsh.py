@@ -39,9 +39,9 @@ from .exact import _vectors_by_id, exact_topk
 
 # Tuned on clustered synthetic data at N = 1,000,000, dim 128 (benchmarks/index_bench.py):
 # recall@10 >= 0.95 against exact at about a tenth of exact's latency. See README/bench output.
-DEFAULT_TABLES = 16
+DEFAULT_TABLES = 24
 DEFAULT_BITS = 18
-DEFAULT_PROBES = 64
+DEFAULT_PROBES = 256
 
 _HASH_CHUNK = 1 << 16  # rows hashed at a time (bounds the (chunk, L*K) temporary)
 
@@ -267,7 +267,9 @@ class LSHIndex(VectorIndex):
         queries = self._queries(query)
         projections = queries @ self._planes
         homes = self._codes_from_projections(projections)
-        return np.array([len(self._candidates(p, h)) for p, h in zip(projections, homes)])
+        return np.array(
+            [len(self._candidates(p, h)) for p, h in zip(projections, homes, strict=True)]
+        )
 
     # -- introspection and persistence ---------------------------------------------------
     def ids(self) -> np.ndarray:

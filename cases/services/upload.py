@@ -1,0 +1,24 @@
+"""Upload = import + start processing; the one entry point of the browser page and the API."""
+
+from __future__ import annotations
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.files.uploadedfile import UploadedFile
+
+from cases.models import Study
+from cases.services.ingestion import ImportResult, study_import_uploads
+
+
+def study_upload(*, files: list[UploadedFile], uploader: AbstractBaseUser) -> ImportResult:
+    """Import uploaded DICOM files/zips and queue every study that has not been processed yet
+    (status still `uploaded`). Raises `IngestionError` on bad input with nothing saved."""
+    # Imported here: the retrieval app depends on the cases app, not the other way round.
+    from retrieval.pipeline.services import study_enqueue_processing
+
+    result = study_import_uploads(files=files, uploader=uploader)
+    pks = [study.pk for study in result.studies]
+    for study in Study.objects.filter(pk__in=pks, status=Study.Status.UPLOADED):
+        study_enqueue_processing(study=study)
+    for study in result.studies:
+        study.refresh_from_db()
+    return result

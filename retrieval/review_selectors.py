@@ -1,0 +1,299 @@
+"""Reads of the review page: the similar cases of a study for a chosen k and diagnosis, the
+vote distribution, and the radiomics side-by-side rows.
+
+The pipeline stores one answer per study (top `ILDREVIEW_RESULTS_TOP_K`, no filter, with CAM
+overlays). Another k, or a diagnosis filter that must still return k cases of that diagnosis
+when the library has them, needs a fresh query: it runs on the study's stored slice embeddings
+(`SliceFeatures.embedding`) against the live index (`retrieval.pipeline.selectors.
+study_similar_search`), so no network runs in the web process. Results of such live queries
+that are not among the stored ones get their CAM from `review_services.review_cam_png`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from cases.models import Diagnosis, ReferenceCase, Study
+from retrieval.models import ModelVersion, SimilarCase, SliceFeatures, StudyResult
+from retrieval.pipeline.selectors import study_result_get, study_similar_search
+
+K_CHOICES = (4, 8, 12, 16, 24)
+K_MAX = max(K_CHOICES)
+
+# Display order of the radiomics table: the pipeline's main features first (in its order),
+# anything else it stored afterwards, by name.
+_FEATURE_ORDER = (
+    "original_firstorder_Mean",
+    "original_firstorder_Skewness",
+    "original_firstorder_Kurtosis",
+    "original_firstorder_Entropy",
+    "original_glcm_Contrast",
+    "original_glcm_Correlation",
+    "original_glrlm_RunLengthNonUniformity",
+    "original_glszm_ZoneEntropy",
+    "original_ngtdm_Coarseness",
+    "original_shape2D_PixelSurface",
+)
+_CLASS_NAMES = {
+    "firstorder": "First order",
+    "glcm": "GLCM",
+    "glrlm": "GLRLM",
+    "glszm": "GLSZM",
+    "gldm": "GLDM",
+    "ngtdm": "NGTDM",
+    "shape2D": "Shape",
+    "shape": "Shape",
+}
+
+
+def results_default_k() -> int:
+    return int(getattr(settings, "ILDREVIEW_RESULTS_TOP_K", 8))
+
+
+@dataclass(frozen=True)
+class RadiomicsRow:
+    """One row of the side-by-side table: feature, its label, query and result values."""
+
+    feature: str
+    label: str
+    query: float | None
+    result: float | None
+
+
+@dataclass(frozen=True)
+class VoteBar:
+    """One bar of the vote chart: a diagnosis and its share of the votes (0..1)."""
+
+    code: str
+    name: str
+    share: float
+
+    @property
+    def percent(self) -> float:
+        return round(100.0 * self.share, 1)
+
+
+@dataclass
+class ReviewHit:
+    """One similar reference case as the review page shows it."""
+
+    rank: int
+    reference_case: ReferenceCase
+    score: float
+    n_hits: int
+    query_slice_id: int
+    reference_slice_id: int
+    radiomics: list[RadiomicsRow] = field(default_factory=list)
+
+    @property
+    def diagnosis(self) -> Diagnosis:
+        return self.reference_case.diagnosis
+
+    @property
+    def similarity_percent(self) -> float:
+        return round(100.0 * max(self.score, 0.0), 1)
+
+
+@dataclass
+class ReviewResults:
+    """What the right-hand column of the review page shows for one (k, diagnosis) choice.
+
+    `live` says the cases come from a fresh query (another k or a filter) rather than the
+    stored result; `votes`/`suggested` are always those of an unfiltered query (with a filter,
+    every case has the same diagnosis, so they come from the stored result).
+    """
+
+    result: StudyResult | None
+    model_version: ModelVersion | None
+    k: int
+    diagnosis: Diagnosis | None
+    hits: list[ReviewHit]
+    votes: list[VoteBar]
+    suggested: Diagnosis | None
+    key_slice_id: int | None
+    live: bool = False
+    library_count: int | None = None  # approved cases of the filtered diagnosis
+
+    @property
+    def fewer_than_k(self) -> bool:
+        return len(self.hits) < self.k
+
+
+def feature_label(name: str) -> str:
+    """'original_glcm_Contrast' -> 'GLCM · Contrast' (readable table rows)."""
+    parts = name.split("_", 2)
+    if len(parts) == 3 and parts[0] == "original":
+        return f"{_CLASS_NAMES.get(parts[1], parts[1])} · {parts[2]}"
+    return name
+
+
+def _ordered_features(names: set[str]) -> list[str]:
+    known = [n for n in _FEATURE_ORDER if n in names]
+    return known + sorted(names - set(known))
+
+
+def radiomics_rows(
+    *, query: dict[str, float], result: dict[str, float]
+) -> list[RadiomicsRow]:
+    """Side-by-side rows of two {feature: value} dicts (None where one side lacks it)."""
+    return [
+        RadiomicsRow(feature=n, label=feature_label(n), query=query.get(n), result=result.get(n))
+        for n in _ordered_features(set(query) | set(result))
+    ]
+
+
+def _radiomics_by_slice(*, slice_ids: set[int], model_version: ModelVersion) -> dict[int, dict]:
+    rows = SliceFeatures.objects.filter(
+        slice_id__in=slice_ids, model_version=model_version
+    ).values_list("slice_id", "radiomics_main")
+    return {sid: dict(main or {}) for sid, main in rows}
+
+
+def _vote_bars(votes: dict[str, float]) -> list[VoteBar]:
+    names = dict(Diagnosis.objects.filter(code__in=list(votes)).values_list("code", "name"))
+    bars = [VoteBar(code=c, name=names.get(c, c), share=float(s)) for c, s in votes.items()]
+    return sorted(bars, key=lambda b: (-b.share, b.name))
+
+
+def _suggested(votes: dict[str, float]) -> Diagnosis | None:
+    """The heaviest diagnosis of a vote distribution (ties: code), as the engine picks it."""
+    if not votes:
+        return None
+    code = min(votes, key=lambda c: (-votes[c], c))
+    return Diagnosis.objects.filter(code=code).first()
+
+
+def _stored_hits(cases: list[SimilarCase]) -> list[ReviewHit]:
+    return [
+        ReviewHit(
+            rank=c.rank,
+            reference_case=c.reference_case,
+            score=c.score,
+            n_hits=c.n_hits,
+            query_slice_id=c.query_slice_id,
+            reference_slice_id=c.reference_slice_id,
+        )
+        for c in cases
+    ]
+
+
+def _live_hits(*, study: Study, model_version: ModelVersion, k: int, code: str | None):
+    """Hits of a fresh query and its (unfiltered) votes; None when the study has no stored
+    embeddings for the version (processed before embeddings were kept, or not yet embedded)."""
+    found = study_similar_search(study=study, model_version=model_version, k=k, diagnosis_code=code)
+    if found is None:
+        return None
+    query_result, meta, query_slice_ids = found
+    ids = [c.case_id for c in query_result.cases]
+    cases = ReferenceCase.objects.select_related("diagnosis", "study__patient").in_bulk(ids)
+    hits = []
+    for rank, hit in enumerate(query_result.cases, start=1):
+        rc = cases.get(hit.case_id)
+        if rc is None:  # retired and deleted between the index sync and now
+            continue
+        hits.append(
+            ReviewHit(
+                rank=rank,
+                reference_case=rc,
+                score=float(hit.score),
+                n_hits=int(hit.n_hits),
+                query_slice_id=query_slice_ids[hit.query_slice_index],
+                reference_slice_id=meta[hit.best_slice_id][2],
+            )
+        )
+    return hits, dict(query_result.votes)
+
+
+def study_review_results(
+    *, study: Study, k: int | None = None, diagnosis_code: str | None = None
+) -> ReviewResults:
+    """The similar cases of `study` for the review page (see module docstring).
+
+    `k` is clamped to 1..K_MAX (default `ILDREVIEW_RESULTS_TOP_K`); `diagnosis_code` keeps
+    only reference cases of that diagnosis, k of them when the library has that many.
+    Unknown diagnosis codes are ignored (no filter).
+    """
+    k = min(max(int(k or results_default_k()), 1), K_MAX)
+    diagnosis = Diagnosis.objects.filter(code=diagnosis_code).first() if diagnosis_code else None
+    code = diagnosis.code if diagnosis else None
+    result = study_result_get(study=study)
+    if result is None:
+        return ReviewResults(
+            result=None,
+            model_version=None,
+            k=k,
+            diagnosis=diagnosis,
+            hits=[],
+            votes=[],
+            suggested=None,
+            key_slice_id=None,
+        )
+    version = result.model_version
+    stored = list(
+        result.cases.select_related("reference_case__diagnosis", "reference_case__study__patient")
+        .order_by("rank")
+    )
+    votes = dict(result.votes or {})
+    suggested = result.suggested_diagnosis
+    live = False
+    if code is None and k <= len(stored):
+        hits = _stored_hits(stored[:k])
+    else:
+        found = _live_hits(study=study, model_version=version, k=k, code=code)
+        if found is not None:
+            hits, live_votes = found
+            live = True
+            if code is None:
+                votes = live_votes
+                suggested = _suggested(live_votes) or suggested
+        else:
+            # No stored embeddings to query with: the best we have is the stored answer.
+            pick = [c for c in stored if code is None or c.reference_case.diagnosis.code == code]
+            hits = _stored_hits(pick[:k])
+    slice_ids = {h.query_slice_id for h in hits} | {h.reference_slice_id for h in hits}
+    radiomics = _radiomics_by_slice(slice_ids=slice_ids, model_version=version)
+    for hit in hits:
+        hit.radiomics = radiomics_rows(
+            query=radiomics.get(hit.query_slice_id, {}),
+            result=radiomics.get(hit.reference_slice_id, {}),
+        )
+    library_count = None
+    if diagnosis is not None:
+        library_count = (
+            ReferenceCase.objects.filter(state=ReferenceCase.State.APPROVED, diagnosis=diagnosis)
+            .exclude(study=study)
+            .count()
+        )
+    return ReviewResults(
+        result=result,
+        model_version=version,
+        k=k,
+        diagnosis=diagnosis,
+        hits=hits,
+        votes=_vote_bars(votes),
+        suggested=suggested,
+        key_slice_id=result.key_slice_id,
+        live=live,
+        library_count=library_count,
+    )
+
+
+def stored_cam_name(*, study: Study, query_slice_id: int, reference_slice_id: int, side: str):
+    """Media name of a CAM overlay the pipeline stored for this slice pair of the study's
+    latest result, or None."""
+    result = study_result_get(study=study)
+    if result is None:
+        return None
+    case = (
+        SimilarCase.objects.filter(
+            result=result, query_slice_id=query_slice_id, reference_slice_id=reference_slice_id
+        )
+        .order_by("rank")
+        .first()
+    )
+    if case is None:
+        return None
+    field_file = case.query_cam if side == "query" else case.reference_cam
+    return field_file.name or None
