@@ -176,8 +176,8 @@ def _wobbly(canvas: _Canvas, cy, cx, ry, rx, *, rng, amp: float = 0.06) -> np.nd
     theta = np.arctan2(dy, dx)
     radius = np.ones_like(theta)
     for k in range(2, 6):
-        radius += (amp / (k - 1)) * rng.standard_normal() * np.cos(
-            k * theta + rng.uniform(0, 2 * np.pi)
+        radius += (
+            (amp / (k - 1)) * rng.standard_normal() * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
         )
     out[sy, sx] = dy**2 + dx**2 <= radius**2
     return out
@@ -356,9 +356,7 @@ def _anatomy(*, canvas: _Canvas, rng: np.random.Generator, z: float) -> _Anatomy
     rows = np.flatnonzero(lung.any(axis=1))
     top = (rows[0] + 0.5) / size if rows.size else by - bry
     height = max((rows[-1] - rows[0] + 1) / size if rows.size else bry, 1.0 / size)
-    return _Anatomy(
-        hu=hu, lung=lung, hila=hila, lung_top=top, lung_height=height, lung_boxes=boxes
-    )
+    return _Anatomy(hu=hu, lung=lung, hila=hila, lung_top=top, lung_height=height, lung_boxes=boxes)
 
 
 def _vessel_map(*, canvas: _Canvas, rng: np.random.Generator, anatomy: _Anatomy) -> np.ndarray:
@@ -491,11 +489,12 @@ def _apply_pattern(
                 )
             )
             subpleural = np.exp(-depth / 0.03)
-            basal = 0.3 + 0.7 * (z + 1.0) / 2.0
+            # Usual interstitial pneumonia spares the apices: severity rises steeply to the base.
+            basal = max(0.05, ((z + 1.0) / 2.0) ** 1.2)
             posterior = 0.55 + 0.45 * np.clip(
                 (canvas.yy - anatomy.lung_top) / anatomy.lung_height, 0.0, 1.0
             )
-            extent = np.clip(subpleural * basal * posterior * 1.7, 0.0, 1.0) * ones
+            extent = np.clip(subpleural * posterior * 1.5, 0.0, 1.0) * basal * ones
         extent = extent * lung
         # A net of fine lines: the zero crossings of a smooth random field.
         net = _smooth_noise(rng=rng, size=size, cells=max(6, size // 12))
@@ -510,7 +509,9 @@ def _apply_pattern(
         prob = (extent**3).ravel()
         total = float(prob.sum())
         if total > 0:
-            count = int(rng.integers(6, 11)) if focal else int(rng.integers(18, 40))
+            count = int(rng.integers(6, 11))
+            if not focal:
+                count = int(round(rng.integers(18, 40) * float(extent.max())))
             for idx in rng.choice(prob.size, size=count, p=prob / total):
                 py, px = divmod(int(idx), size)
                 r = size * rng.uniform(0.006, 0.014)

@@ -51,9 +51,14 @@ IMPORT_COMMENT = "imported from manifest"
 REQUIRED_COLUMNS = ("path", "label", "patient_id")
 SPLITS = ("", "train", "test")
 LIVE_STATES = (ReferenceCase.State.PROPOSED, ReferenceCase.State.APPROVED)
+BATCH_ROWS = 50
 
 
-class ManifestError(Exception):
+class ReferenceImportError(Exception):
+    """The import cannot start (bad manifest, unusable importing user)."""
+
+
+class ManifestError(ReferenceImportError):
     """The manifest as a whole cannot be read (missing file, header, columns, encoding)."""
 
 
@@ -155,9 +160,9 @@ def reference_import_user(*, username: str | None = None) -> Any:
     if username:
         user = users.filter(username=username).first()
         if user is None:
-            raise ManifestError(f"no user named {username!r}")
+            raise ReferenceImportError(f"no user named {username!r}")
         if not (user.is_superuser or user.groups.filter(name__in=["Admin", "Expert"]).exists()):
-            raise ManifestError(f"user {username!r} is neither an admin nor an expert")
+            raise ReferenceImportError(f"user {username!r} is neither an admin nor an expert")
         return user
     user = users.filter(is_superuser=True).order_by("pk").first()
     if user is not None:
@@ -214,8 +219,8 @@ def _reference_attach(*, study: Study, row: ManifestRow, admin, new_study: bool)
     if live is not None:
         if live.diagnosis.name.lower() != row.label.lower():
             raise RowRejected(
-                f"study {study.pk} is already a {live.state} reference case labelled "
-                f"{live.diagnosis.name!r}, not {row.label!r}"
+                f"study {study.pk} is already in the reference library ({live.state}) "
+                f"labelled {live.diagnosis.name!r}, not {row.label!r}"
             )
         return False
     diagnosis = _diagnosis_for(row.label)
@@ -265,12 +270,9 @@ def _image_row_import(*, row: ManifestRow, path: Path, admin, written: list[str]
         data = path.read_bytes()
     except OSError as exc:
         raise RowRejected(f"cannot read {path} ({exc.strerror or exc})") from exc
-    try:
-        image = reference_image_decode(data)
-    except ImageReadError as exc:
-        raise RowRejected(f"{path.name}: {exc}") from exc
     pseudonym = patient_pseudonym(patient_id=row.patient_id)
-    # Same patient and same pixels -> same study, whatever the file is called or where it is.
+    # Same patient and same file content -> same study, whatever the file is called or where
+    # it lies; an already imported image is not even decoded again.
     study_uid = deterministic_uid(
         "ildreview-reference-image", pseudonym, hashlib.sha256(data).hexdigest()
     )
@@ -278,6 +280,10 @@ def _image_row_import(*, row: ManifestRow, path: Path, admin, written: list[str]
     if study is not None:
         wrote = _reference_attach(study=study, row=row, admin=admin, new_study=False)
         return RowOutcome(row=row, status="created" if wrote else "existing", study_id=study.pk)
+    try:
+        image = reference_image_decode(data)
+    except ImageReadError as exc:
+        raise RowRejected(f"{path.name}: {exc}") from exc
 
     pixels = image.pixels.astype(np.uint8 if image.is_windowed else np.int16, copy=False)
     study = Study.objects.create(
@@ -318,9 +324,7 @@ def _image_row_import(*, row: ManifestRow, path: Path, admin, written: list[str]
 
 def _series_media(series_ids: list[int]) -> list[str]:
     """Media files of the given series (slice pixels and the de-identified DICOM copies)."""
-    names = list(
-        Slice.objects.filter(series_id__in=series_ids).values_list("pixels", flat=True)
-    )
+    names = list(Slice.objects.filter(series_id__in=series_ids).values_list("pixels", flat=True))
     for dicom_dir in Series.objects.filter(pk__in=series_ids).values_list("dicom_dir", flat=True):
         if dicom_dir:
             try:
@@ -345,28 +349,37 @@ def _dicom_row_import(*, row: ManifestRow, path: Path, admin, written: list[str]
     written.extend(_series_media(new_series))
     note = ""
     if study.patient.pseudonym != patient_pseudonym(patient_id=row.patient_id):
-        note = "the DICOM PatientID differs from the manifest's patient_id; filed under the DICOM one"
+        note = (
+            "the DICOM PatientID differs from the manifest's patient_id; filed under the DICOM one"
+        )
     wrote = _reference_attach(study=study, row=row, admin=admin, new_study=result.created[0])
     status = "created" if (wrote or result.created[0] or new_series) else "existing"
     return RowOutcome(row=row, status=status, study_id=study.pk, note=note)
 
 
-def reference_row_import(*, row: ManifestRow, base_dir: Path, admin: Any) -> RowOutcome:
+def reference_row_import(
+    *, row: ManifestRow, base_dir: Path, admin: Any, written: list[str] | None = None
+) -> RowOutcome:
     """Import one manifest row atomically; a refused row is returned as "rejected" with the
-    reason, having written nothing."""
-    written: list[str] = []
+    reason, having written nothing. The names of media files written for an imported row are
+    appended to `written` (so that a caller's enclosing transaction can clean up after them)."""
+    mine: list[str] = []
     try:
         path = _row_check(row, Path(base_dir))
         with transaction.atomic():
             if path.is_dir():
-                return _dicom_row_import(row=row, path=path, admin=admin, written=written)
-            return _image_row_import(row=row, path=path, admin=admin, written=written)
+                outcome = _dicom_row_import(row=row, path=path, admin=admin, written=mine)
+            else:
+                outcome = _image_row_import(row=row, path=path, admin=admin, written=mine)
     except RowRejected as exc:
-        _media_delete(written)
+        _media_delete(mine)
         return RowOutcome(row=row, status="rejected", reason=str(exc))
     except BaseException:
-        _media_delete(written)
+        _media_delete(mine)
         raise
+    if written is not None:
+        written.extend(mine)
+    return outcome
 
 
 def _media_delete(names: list[str]) -> None:
@@ -384,14 +397,27 @@ def reference_manifest_import(
     on_row: Callable[[RowOutcome], None] | None = None,
 ) -> ReferenceImportReport:
     """Import every row of `manifest` (see the module docstring); `on_row` is called after
-    each row (progress display)."""
+    each row (progress display).
+
+    Rows are committed in batches of `BATCH_ROWS`, each row in its own savepoint: a rejected
+    row rolls back alone, and one commit per batch instead of per row keeps a large manifest
+    fast (SQLite syncs the disk at every commit)."""
     manifest = Path(manifest)
     rows = manifest_read(manifest=manifest)
     base_dir = manifest.resolve().parent
     report = ReferenceImportReport()
-    for row in rows:
-        outcome = reference_row_import(row=row, base_dir=base_dir, admin=admin)
-        report.outcomes.append(outcome)
-        if on_row is not None:
-            on_row(outcome)
+    for start in range(0, len(rows), BATCH_ROWS):
+        written: list[str] = []
+        try:
+            with transaction.atomic():
+                for row in rows[start : start + BATCH_ROWS]:
+                    outcome = reference_row_import(
+                        row=row, base_dir=base_dir, admin=admin, written=written
+                    )
+                    report.outcomes.append(outcome)
+                    if on_row is not None:
+                        on_row(outcome)
+        except BaseException:
+            _media_delete(written)  # the batch was rolled back: its files go too
+            raise
     return report

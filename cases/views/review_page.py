@@ -33,9 +33,7 @@ FINISHED = (Study.Status.READY_FOR_REVIEW, Study.Status.REVIEWED)
 class ReviewFilterForm(forms.Form):
     """k and the diagnosis filter of the similar-case list (invalid values fall back)."""
 
-    k = forms.TypedChoiceField(
-        required=False, coerce=int, choices=[(k, k) for k in review_selectors.K_CHOICES]
-    )
+    k = forms.IntegerField(required=False, min_value=1, max_value=review_selectors.K_MAX)
     diagnosis = forms.ChoiceField(required=False)
     sel = forms.IntegerField(required=False, min_value=1)
 
@@ -46,8 +44,11 @@ class ReviewFilterForm(forms.Form):
         ]
 
     def value(self, name: str, default=None):
-        if not self.is_bound or not self.is_valid():
+        """The cleaned value of one field; `default` when absent or invalid (one bad
+        parameter does not discard the others)."""
+        if not self.is_bound:
             return default
+        self.is_valid()
         return self.cleaned_data.get(name) or default
 
 

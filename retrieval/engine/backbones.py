@@ -73,6 +73,7 @@ class Backbone(nn.Module):
         self.weights_source = "random"
         self.weights_sha256 = ""
         self.fine_tuned = False
+        self.fine_tuned_sha256 = ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gem(self.features(x))
@@ -118,7 +119,7 @@ def _resnet50_imagenet() -> tuple[dict, str]:
             "file (resnet50-11ad3fa6.pth) or use the offline default backbone "
             "'efficientnet_lite0'."
         ) from exc
-    return state, _sha256_file(cached) if cached.exists() else _sha256_state(state)
+    return state, _sha256_file(cached) if cached.exists() else state_sha256(state)
 
 
 def _resnet50_trunk(net: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -241,7 +242,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _sha256_state(state: dict) -> str:
+def state_sha256(state: dict) -> str:
     """Hash of a state dict's tensors (sorted names, raw bytes)."""
     h = hashlib.sha256()
     for key in sorted(state):
@@ -256,7 +257,9 @@ def _load_state_file(path: Path) -> tuple[dict, str]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise BackboneWeightsUnavailable(f"{path}: not a readable torch state dict ({exc})") from exc
+        raise BackboneWeightsUnavailable(
+            f"{path}: not a readable torch state dict ({exc})"
+        ) from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -300,7 +303,7 @@ def build_backbone(name: str, *, weights: str = "imagenet", device=None) -> Back
     if saved_backbone is not None:
         _load_strict(model, saved_backbone, source=weights, name=name)
     model.weights_source = weights
-    model.weights_sha256 = sha or _sha256_state(model.state_dict())
+    model.weights_sha256 = sha or state_sha256(model.state_dict())
     return model.to(_default_device(device)).eval()
 
 

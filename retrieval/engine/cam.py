@@ -48,8 +48,7 @@ class _EmbeddingWithFixedRadiomics(nn.Module):
 
 
 def _head_uses_radiomics(model) -> bool:
-    fusion = (getattr(model, "config", {}) or {}).get("fusion", "ildffn")
-    return fusion == "ildffn"
+    return getattr(model, "fusion", "ildffn") == "ildffn"
 
 
 def _standardised_radiomics(model, prepared) -> torch.Tensor:
@@ -78,7 +77,7 @@ def similarity_cam(model, query, other) -> np.ndarray:
     # target layer's activations are part of the autograd graph and Grad-CAM gets gradients.
     was_training = wrapper.training
     requires = [p.requires_grad for p in wrapper.parameters()]
-    x = images_to_tensor([query.image]).to(device)
+    x = images_to_tensor([query.image], size=model.config.get("input_size")).to(device)
     try:
         with GradCAM(model=wrapper, target_layers=[backbone.target_layer]) as cam:
             cam.compute_input_gradient = True

@@ -148,6 +148,7 @@ class EvalConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"  # "imagenet" | "random" (tests) | path to a weights file
     size: int = 512
+    input_size: int | None = None  # backbone input side (None: the slice size)
     epochs: int = 30
     embed_dim: int = 128
     batch_size: int = 8
@@ -191,31 +192,30 @@ def _label_ids(labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
 def extract_features(
     items: ManifestItems, config: EvalConfig, *, progress: Progress | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Deep and radiomics features and the lung fraction of every item (cached on disk)."""
+    """Deep and radiomics features and the lung fraction of every item, each image read and
+    prepared once; through the on-disk FeatureCache when `config.cache_dir` is set."""
     from retrieval.engine.backbones import build_backbone
-    from retrieval.engine.features import FeatureExtractor
-    from retrieval.engine.preprocess import load_image_file, prepare_slice
+    from retrieval.engine.features import FeatureCache, FeatureExtractor
     from retrieval.engine.radiomics import RadiomicsExtractor
 
     backbone = build_backbone(config.backbone, weights=config.weights, device=config.device)
-    extractor = FeatureExtractor(backbone, RadiomicsExtractor())
-    deep, rad, frac = [], [], []
-    chunk = 32
-    n = len(items)
-    for start in range(0, n, chunk):
-        paths = items.paths[start : start + chunk]
-        slices = []
-        for p in paths:
-            pixels, windowed = load_image_file(p)
-            slices.append(prepare_slice(pixels, is_windowed=windowed, size=config.size))
-        d, r = extractor.extract(slices)
-        deep.append(d)
-        rad.append(r)
-        frac.extend(s.lung_fraction for s in slices)
+    extractor = FeatureExtractor(backbone, RadiomicsExtractor(), input_size=config.input_size)
+    cache = FeatureCache(config.cache_dir) if config.cache_dir else None
+
+    def step(done: int, total: int) -> None:
         if progress:
-            progress("features", min(start + chunk, n), n)
-    info = {"deep_dim": int(deep[0].shape[1]), "rad_dim": int(rad[0].shape[1])}
-    return np.vstack(deep), np.vstack(rad), np.asarray(frac, dtype=np.float64), info
+            progress("features", done, total)
+
+    deep, rad, frac = extractor.extract_paths(
+        items.paths, size=config.size, cache=cache, progress=step
+    )
+    info = {
+        "deep_dim": int(deep.shape[1]),
+        "rad_dim": int(rad.shape[1]),
+        "backbone_weights_sha256": backbone.weights_sha256,
+        "backbone_weights_source": backbone.weights_source,
+    }
+    return deep, rad, frac, info
 
 
 def _search(train_emb: np.ndarray, test_emb: np.ndarray, *, backend: str, k: int, seed: int):

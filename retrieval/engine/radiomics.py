@@ -82,9 +82,7 @@ class RadiomicsExtractor:
         self.max_size = int(own.get("max_size", 0) or 0)
         self.min_roi_pixels = int(own.get("min_roi_pixels", 16))
         self._extractor = RadiomicsFeatureExtractor(params)
-        self.feature_names: list[str] = (
-            list(_feature_names_for(params_text)) if _probe else []
-        )
+        self.feature_names: list[str] = list(_feature_names_for(params_text)) if _probe else []
 
     def _downsample(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape

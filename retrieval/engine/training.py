@@ -240,7 +240,7 @@ def train_end_to_end(
     from retrieval.engine.backbones import images_to_tensor
 
     config.validate()
-    deep_dim = int(getattr(backbone, "out_dim"))
+    deep_dim = int(backbone.out_dim)
     dummy = np.zeros((len(slices), deep_dim), np.float32)
     _, rad, labels = _check_inputs(dummy, rad, labels)
     if config.fusion == "radiomics":  # no image path to fine-tune
@@ -279,8 +279,12 @@ def train_end_to_end(
         rng=rng,
         progress=progress,
     )
+    from retrieval.engine.backbones import state_sha256
+
     backbone.eval()
     backbone.fine_tuned = True
+    # weights_sha256 keeps naming the starting weights (provenance); caches key on this one
+    backbone.fine_tuned_sha256 = state_sha256(backbone.state_dict())
     return head.eval(), metrics
 
 

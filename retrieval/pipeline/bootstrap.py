@@ -123,8 +123,11 @@ def artefact_train(
     return out_dir
 
 
-def deep_features(*, backbone, prepared: list, batch: int = 8) -> np.ndarray:
-    """Backbone + GeM vectors (N, C) of prepared slices, in batches, without gradients."""
+def deep_features(
+    *, backbone, prepared: list, batch: int = 8, input_size: int | None = None
+) -> np.ndarray:
+    """Backbone + GeM vectors (N, C) of prepared slices, in batches, without gradients
+    (`input_size`: the model's backbone input side when it differs from the slice size)."""
     import torch
 
     from retrieval.engine.backbones import images_to_tensor
@@ -133,7 +136,9 @@ def deep_features(*, backbone, prepared: list, batch: int = 8) -> np.ndarray:
     out = []
     with torch.no_grad():
         for i in range(0, len(prepared), batch):
-            x = images_to_tensor([p.image for p in prepared[i : i + batch]]).to(device)
+            x = images_to_tensor(
+                [p.image for p in prepared[i : i + batch]], size=input_size
+            ).to(device)
             out.append(backbone(x).detach().cpu().numpy().astype(np.float32))
     return np.vstack(out)
 

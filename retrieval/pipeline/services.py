@@ -269,7 +269,9 @@ def embed_with_radiomics(*, model, prepared: list, radiomics: np.ndarray) -> np.
     features through the backbone, then the model's fusion (`embed_features`)."""
     from retrieval.pipeline.bootstrap import deep_features
 
-    deep = deep_features(backbone=model.backbone, prepared=prepared)
+    deep = deep_features(
+        backbone=model.backbone, prepared=prepared, input_size=model.config.get("input_size")
+    )
     return np.asarray(model.embed_features(deep, radiomics), dtype=np.float32)
 
 

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from cases.services.reference_import import (
-    ManifestError,
+    ReferenceImportError,
     manifest_read,
     reference_import_user,
     reference_manifest_import,
@@ -38,7 +38,7 @@ class Command(BaseCommand):
         try:
             rows = manifest_read(manifest=manifest)
             user = reference_import_user(username=admin)
-        except ManifestError as exc:
+        except ReferenceImportError as exc:
             raise CommandError(str(exc)) from exc
         show = options["verbosity"] >= 1
         with tqdm(total=len(rows), unit="row", desc="reference import", disable=not show) as bar:

@@ -26,8 +26,16 @@ class Command(BaseCommand):
         parser.add_argument("--size", type=int, default=512, help="image rows and columns")
         parser.add_argument("--seed", type=int, default=0)
 
-    def handle(self, *args, outdir: Path, patients_per_class: int, slices: int, size: int,
-               seed: int, **options):
+    def handle(
+        self,
+        *args,
+        outdir: Path,
+        patients_per_class: int,
+        slices: int,
+        size: int,
+        seed: int,
+        **options,
+    ):
         started = time.perf_counter()
         total = len(DEMO_CLASSES) * patients_per_class
         bar = tqdm(total=total, unit="study", desc="demo studies", disable=options["verbosity"] < 1)

@@ -91,7 +91,7 @@ class LSHIndex(VectorIndex):
         self._keys = np.empty((self.tables, 0), dtype=self._code_dtype)
         self._rows = np.empty((self.tables, 0), dtype=np.int32)
         self._pending_rows = np.empty(0, dtype=np.int64)
-        self._pending_codes = np.empty((0, self.tables), dtype=self._code_dtype)
+        self._pending_codes = np.empty((self.tables, 0), dtype=self._code_dtype)
 
     # -- hashing -------------------------------------------------------------------------
     def _codes_from_projections(self, proj: np.ndarray) -> np.ndarray:
@@ -118,7 +118,7 @@ class LSHIndex(VectorIndex):
         self._store.kill(self._store.find_rows(ids))  # upsert: the old vector is tombstoned
         rows = self._store.append(ids, vectors)
         self._pending_rows = np.concatenate([self._pending_rows, rows])
-        self._pending_codes = np.concatenate([self._pending_codes, self.hash(vectors)])
+        self._pending_codes = np.concatenate([self._pending_codes, self.hash(vectors).T], axis=1)
         if len(self._pending_rows) >= self.merge_threshold:
             self._merge_pending()
         self._maybe_compact()
@@ -142,20 +142,20 @@ class LSHIndex(VectorIndex):
         for t in range(self.tables):
             if len(new_rows) * 4 >= m:
                 # Big batch (or first build): one stable sort of everything.
-                all_keys = np.concatenate([self._keys[t], codes[:, t]])
+                all_keys = np.concatenate([self._keys[t], codes[t]])
                 order = np.argsort(all_keys, kind="stable")
                 keys[t] = all_keys[order]
                 rows[t] = np.concatenate([self._rows[t], new_rows])[order]
             else:
                 # Trickle: insert the sorted newcomers into the sorted arrays, O(N).
-                order = np.argsort(codes[:, t], kind="stable")
-                new_keys = codes[order, t]
+                order = np.argsort(codes[t], kind="stable")
+                new_keys = codes[t, order]
                 at = np.searchsorted(self._keys[t], new_keys, side="right")
                 keys[t] = np.insert(self._keys[t], at, new_keys)
                 rows[t] = np.insert(self._rows[t], at, new_rows[order])
         self._keys, self._rows = keys, rows
         self._pending_rows = np.empty(0, dtype=np.int64)
-        self._pending_codes = np.empty((0, self.tables), dtype=self._code_dtype)
+        self._pending_codes = np.empty((self.tables, 0), dtype=self._code_dtype)
 
     def _maybe_compact(self) -> None:
         store = self._store
@@ -177,7 +177,7 @@ class LSHIndex(VectorIndex):
         pending = remap[self._pending_rows]
         keep = pending >= 0
         self._pending_rows = pending[keep]
-        self._pending_codes = self._pending_codes[keep]
+        self._pending_codes = self._pending_codes[:, keep]
 
     # -- search --------------------------------------------------------------------------
     def _probe_codes(self, proj: np.ndarray, home: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +221,12 @@ class LSHIndex(VectorIndex):
             for t in range(self.tables):
                 sel = t_probe == t
                 if sel.any():
-                    hit |= np.isin(self._pending_codes[:, t], c_probe[sel])
+                    # Membership by binary search in the few probed codes (np.isin would
+                    # build a lookup table over the whole code range on every call).
+                    probed = np.sort(c_probe[sel])
+                    col = self._pending_codes[t]
+                    pos = np.minimum(np.searchsorted(probed, col), len(probed) - 1)
+                    hit |= probed[pos] == col
             parts.append(self._pending_rows[hit])
         if not parts:
             return np.empty(0, dtype=np.int64)
