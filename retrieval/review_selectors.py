@@ -134,9 +134,7 @@ def _ordered_features(names: set[str]) -> list[str]:
     return known + sorted(names - set(known))
 
 
-def radiomics_rows(
-    *, query: dict[str, float], result: dict[str, float]
-) -> list[RadiomicsRow]:
+def radiomics_rows(*, query: dict[str, float], result: dict[str, float]) -> list[RadiomicsRow]:
     """Side-by-side rows of two {feature: value} dicts (None where one side lacks it)."""
     return [
         RadiomicsRow(feature=n, label=feature_label(n), query=query.get(n), result=result.get(n))
@@ -232,8 +230,9 @@ def study_review_results(
         )
     version = result.model_version
     stored = list(
-        result.cases.select_related("reference_case__diagnosis", "reference_case__study__patient")
-        .order_by("rank")
+        result.cases.select_related(
+            "reference_case__diagnosis", "reference_case__study__patient"
+        ).order_by("rank")
     )
     votes = dict(result.votes or {})
     suggested = result.suggested_diagnosis

@@ -46,32 +46,45 @@ RETRY = {
 }
 
 
+def _failure_message(stage: str, exc: BaseException, soft_limit) -> str:
+    from retrieval.pipeline.runtime import PipelineDataError
+
+    if isinstance(exc, PipelineDataError):
+        return str(exc)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return f"stage {stage} took longer than {soft_limit} s and was stopped"
+    return f"stage {stage} failed: {type(exc).__name__}: {exc}"
+
+
 class StudyStageTask(Task):
-    """A study stage: when it finally fails (bad data, time limit, retries exhausted) the
-    study goes to `failed` with the reason, for the Retry button."""
+    """A study stage. Non-transient errors mark the study `failed` with the reason (for the
+    Retry button) inside the task body; `on_failure` covers what ends the task from outside
+    the body (transient-error retries exhausted, hard time limit)."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         from retrieval.pipeline.progress import study_mark_failed
-        from retrieval.pipeline.runtime import PipelineDataError
 
         study_id = kwargs.get("study_id", args[0] if args else None)
         run_id = kwargs.get("run_id", args[1] if len(args) > 1 else None)
-        stage = self.name.rsplit("_", 1)[-1]
-        if isinstance(exc, PipelineDataError):
-            message = str(exc)
-        elif isinstance(exc, SoftTimeLimitExceeded):
-            message = f"stage {stage} took longer than {self.soft_time_limit} s and was stopped"
-        else:
-            message = f"stage {stage} failed: {type(exc).__name__}: {exc}"
         if study_id is not None:
+            stage = self.name.rsplit("_", 1)[-1]
+            message = _failure_message(stage, exc, self.soft_time_limit)
             study_mark_failed(study_id=study_id, run_id=run_id, message=message)
 
 
 def _stage_task(stage: str):
     def run(self, study_id: int, run_id: str) -> bool:
+        from retrieval.pipeline.progress import study_mark_failed
         from retrieval.pipeline.services import STAGE_SERVICES
 
-        return STAGE_SERVICES[stage](study_id=study_id, run_id=run_id)
+        try:
+            return STAGE_SERVICES[stage](study_id=study_id, run_id=run_id)
+        except TRANSIENT_ERRORS:
+            raise  # autoretry with backoff
+        except Exception as exc:
+            message = _failure_message(stage, exc, self.soft_time_limit)
+            study_mark_failed(study_id=study_id, run_id=run_id, message=message)
+            raise
 
     run.__name__ = f"study_{stage}"
     run.__doc__ = f"Stage `{stage}` of a study (retrieval.pipeline.services.study_{stage})."

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 $PY manage.py migrate --noinput
 $PY manage.py setup_demo
+# A retrieval model trained on the demo library (first run only; later runs just check that
+# every approved case is embedded).
+$PY manage.py bootstrap_model
 
 # Each child in its own process group (job control) so that cleanup can stop the whole group
 # (runserver's autoreloader child, the worker's pool processes) and Ctrl-C reaches only us.

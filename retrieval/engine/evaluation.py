@@ -155,6 +155,9 @@ class EvalConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-6
     margin: float = 0.7
+    # ILD-FFN: linear reduction of the deep vector before the outer product only (None = the
+    # paper's full p x q map, ~8 s per training step on 2 CPU cores with p = 1280).
+    reduce_deep: int | None = None
     index: str = "exact"
     seed: int = 0
     knn_k: int = 5
@@ -275,6 +278,7 @@ def _variant_embeddings(
         mode="head",
         seed=config.seed,
         fusion=fusion,
+        reduce_deep=config.reduce_deep,
     )
     head, train_metrics = train_head(deep=deep_tr, rad=rad_tr, labels=y_tr, config=tc)
     return (

@@ -136,9 +136,9 @@ def deep_features(
     out = []
     with torch.no_grad():
         for i in range(0, len(prepared), batch):
-            x = images_to_tensor(
-                [p.image for p in prepared[i : i + batch]], size=input_size
-            ).to(device)
+            x = images_to_tensor([p.image for p in prepared[i : i + batch]], size=input_size).to(
+                device
+            )
             out.append(backbone(x).detach().cpu().numpy().astype(np.float32))
     return np.vstack(out)
 

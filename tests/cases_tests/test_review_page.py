@@ -171,8 +171,10 @@ def query_study(alice, version, library):
             query_slice=slices[1],
             reference_slice=ref_slice,
         )
-        q = default_storage.save(f"results/{study.pk}/{version.pk}/rank{rank:02d}-query.png",
-                                 ContentFile(png((255, 0, 0))))
+        q = default_storage.save(
+            f"results/{study.pk}/{version.pk}/rank{rank:02d}-query.png",
+            ContentFile(png((255, 0, 0))),
+        )
         r = default_storage.save(
             f"results/{study.pk}/{version.pk}/rank{rank:02d}-reference.png",
             ContentFile(png((0, 0, 255))),
@@ -210,9 +212,7 @@ def test_review_page_lists_the_stored_similar_cases_with_diagnosis_score_and_cam
 
 
 def test_review_page_shows_the_suggested_diagnosis_and_vote_bars(client, alice, query_study):
-    StudyResult.objects.filter(study=query_study).update(
-        votes={"normal": 0.75, "ipf-ild": 0.25}
-    )
+    StudyResult.objects.filter(study=query_study).update(votes={"normal": 0.75, "ipf-ild": 0.25})
     client.force_login(alice)
     response = review(client, query_study)
     bars = response.context["results"].votes
@@ -284,9 +284,7 @@ def test_retired_cases_disappear_from_live_queries(client, alice, query_study, l
     ReferenceEmbedding.objects.filter(reference_case=ipf[0]).delete()
     client.force_login(alice)
     response = review(client, query_study, diagnosis="ipf-ild", k=4)
-    assert {h.reference_case.pk for h in response.context["hits"]} == {
-        rc.pk for rc in ipf[1:]
-    }
+    assert {h.reference_case.pk for h in response.context["hits"]} == {rc.pk for rc in ipf[1:]}
 
 
 def test_radiomics_table_puts_query_and_result_values_side_by_side(

@@ -20,7 +20,6 @@ LIBRARY = {"Normal": "normal", "IPF-ILD": "reticulation", "ASS-ILD": "ground_gla
 @pytest.fixture(scope="session")
 def tiny_artefact(tmp_path_factory):
     from retrieval.engine.preprocess import prepare_slice
-
     from retrieval.pipeline.bootstrap import artefact_train
 
     prepared, labels = [], []
@@ -48,7 +47,7 @@ def pipeline_env(settings, tmp_path):
     """Per-test VAR_DIR (index snapshots) and clean per-process caches."""
     settings.VAR_DIR = tmp_path / "var"
     settings.ILDREVIEW_MIN_LUNG_FRACTION = 0.05
-    settings.ILDREVIEW_RESULTS_TOP_K = 4
+    settings.ILDREVIEW_RESULTS_TOP_K = 2
     index_store.index_forget()
     yield settings
     index_store.index_forget()
@@ -72,7 +71,7 @@ def experts(db):
 
 @pytest.fixture
 def library(active_version, experts):
-    """Two approved, embedded reference cases per diagnosis of LIBRARY."""
+    """Approved, embedded reference cases: two per diagnosis of LIBRARY, two slices each."""
     from retrieval.pipeline.reference import reference_case_sync
     from retrieval.pipeline.synthetic import synthetic_reference_create
 

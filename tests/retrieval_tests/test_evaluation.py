@@ -36,7 +36,12 @@ def tiny_report(tmp_path_factory):
     manifest = write_manifest(folder, patients_per_class=6, slices_per_patient=2, size=64)
     items = read_manifest(manifest)
     config = EvalConfig(
-        weights="random", size=64, epochs=2, embed_dim=16, cache_dir=str(folder / "cache")
+        weights="random",
+        size=64,
+        epochs=1,
+        embed_dim=16,
+        reduce_deep=8,
+        cache_dir=str(folder / "cache"),
     )
     report, projection = evaluate(items=items, folds=3, config=config)
     return items, report, projection, folder

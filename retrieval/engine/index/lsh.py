@@ -78,7 +78,15 @@ class LSHIndex(VectorIndex):
         self.dtype = dtype
         self.merge_threshold = int(merge_threshold)
         self.compact_fraction = float(compact_fraction)
-        self._code_dtype = np.dtype(np.uint32 if self.bits <= 32 else np.uint64)
+        # Stored keys are table << bits | code: sorted within each table, so the (L, M) key
+        # array is sorted when flattened and one searchsorted serves every table.
+        key_bits = self.bits + max(int(self.tables - 1).bit_length(), 0)
+        if key_bits > 64:
+            raise ValueError(f"tables x 2**bits must fit 64 bits, got {tables} x 2**{bits}")
+        self._code_dtype = np.dtype(np.uint32 if key_bits <= 32 else np.uint64)
+        self._offsets = (np.arange(self.tables, dtype=np.uint64) << np.uint64(self.bits)).astype(
+            self._code_dtype
+        )
         rng = np.random.default_rng(self.seed)
         planes = rng.standard_normal((self.tables * self.bits, self.dim))
         planes /= np.linalg.norm(planes, axis=1, keepdims=True)
@@ -95,11 +103,12 @@ class LSHIndex(VectorIndex):
 
     # -- hashing -------------------------------------------------------------------------
     def _codes_from_projections(self, proj: np.ndarray) -> np.ndarray:
+        """(N, L) keys: table << bits | code of each row's bucket in each table."""
         bits = (proj > 0).reshape(len(proj), self.tables, self.bits)
-        return (bits * self._pow2).sum(axis=2, dtype=self._code_dtype)
+        return (bits * self._pow2).sum(axis=2, dtype=self._code_dtype) + self._offsets
 
     def hash(self, vectors: np.ndarray) -> np.ndarray:
-        """(N, L) bucket codes of unit vectors."""
+        """(N, L) bucket keys (table << bits | code) of unit vectors."""
         out = np.empty((len(vectors), self.tables), dtype=self._code_dtype)
         for start in range(0, len(vectors), _HASH_CHUNK):
             block = np.asarray(vectors[start : start + _HASH_CHUNK], dtype=np.float32)
@@ -180,12 +189,11 @@ class LSHIndex(VectorIndex):
         self._pending_codes = self._pending_codes[:, keep]
 
     # -- search --------------------------------------------------------------------------
-    def _probe_codes(self, proj: np.ndarray, home: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(table, code) of every bucket probed for one query: the L home buckets, then the
-        `probes` single-bit flips with the smallest |projection| over all tables."""
-        tables = np.arange(self.tables)
+    def _probe_codes(self, proj: np.ndarray, home: np.ndarray) -> np.ndarray:
+        """Keys of every bucket probed for one query: the L home buckets, then the `probes`
+        single-bit flips with the smallest |projection| over all tables."""
         if not self.probes:
-            return tables, home
+            return home
         margins = np.abs(proj)
         n_flip = min(self.probes, margins.size)
         pick = np.argpartition(margins, n_flip - 1)[:n_flip] if n_flip < margins.size else None
@@ -193,23 +201,16 @@ class LSHIndex(VectorIndex):
             pick = np.arange(margins.size)
         t, b = np.divmod(pick, self.bits)
         flipped = home[t] ^ self._pow2[b]
-        return np.concatenate([tables, t]), np.concatenate([home, flipped])
+        return np.concatenate([home, flipped])
 
     def _candidates(self, proj: np.ndarray, home: np.ndarray) -> np.ndarray:
         """Sorted unique alive rows in the probed buckets (sorted tables + pending buffer)."""
-        t_probe, c_probe = self._probe_codes(proj, home)
+        probe = self._probe_codes(proj, home)
         parts = []
-        m = self._keys.shape[1]
-        if m:
-            lo = np.empty(len(c_probe), dtype=np.int64)
-            hi = np.empty(len(c_probe), dtype=np.int64)
-            for t in range(self.tables):
-                sel = t_probe == t
-                if sel.any():
-                    keys_t = self._keys[t]
-                    codes = c_probe[sel]
-                    lo[sel] = np.searchsorted(keys_t, codes, side="left") + t * m
-                    hi[sel] = np.searchsorted(keys_t, codes, side="right") + t * m
+        if self._keys.shape[1]:
+            flat = self._keys.ravel()
+            lo = np.searchsorted(flat, probe, side="left")
+            hi = np.searchsorted(flat, probe, side="right")
             lens = hi - lo
             total = int(lens.sum())
             if total:
@@ -217,16 +218,12 @@ class LSHIndex(VectorIndex):
                 offsets = np.repeat(lo - (np.cumsum(lens) - lens), lens)
                 parts.append(self._rows.ravel()[offsets + np.arange(total)])
         if len(self._pending_rows):
-            hit = np.zeros(len(self._pending_rows), dtype=bool)
-            for t in range(self.tables):
-                sel = t_probe == t
-                if sel.any():
-                    # Membership by binary search in the few probed codes (np.isin would
-                    # build a lookup table over the whole code range on every call).
-                    probed = np.sort(c_probe[sel])
-                    col = self._pending_codes[t]
-                    pos = np.minimum(np.searchsorted(probed, col), len(probed) - 1)
-                    hit |= probed[pos] == col
+            # Membership by binary search in the few probed keys (np.isin would build a
+            # lookup table over the whole key range on every call).
+            probed = np.sort(probe)
+            col = self._pending_codes.ravel()
+            pos = np.minimum(np.searchsorted(probed, col), len(probed) - 1)
+            hit = (probed[pos] == col).reshape(self._pending_codes.shape).any(axis=0)
             parts.append(self._pending_rows[hit])
         if not parts:
             return np.empty(0, dtype=np.int64)

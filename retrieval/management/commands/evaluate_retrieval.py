@@ -29,6 +29,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--epochs", type=int, default=30)
         parser.add_argument("--embed-dim", type=int, default=128)
+        parser.add_argument(
+            "--reduce-deep",
+            type=int,
+            default=None,
+            help="ILD-FFN: project the deep vector to N dims before the outer product "
+            "(default: the paper's full map)",
+        )
         parser.add_argument("--size", type=int, default=512, help="slice size in pixels")
         parser.add_argument(
             "--index", default="exact", choices=["exact", "lsh-paper", "lsh", "faiss-hnsw"]
@@ -38,7 +45,11 @@ class Command(BaseCommand):
         parser.add_argument("--knn-k", type=int, default=5)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--no-extras", action="store_true", help="only the 4 paper rows")
-        parser.add_argument("--cache-dir", default=None, help="feature cache folder")
+        parser.add_argument(
+            "--cache-dir",
+            default=str(settings.VAR_DIR / "feature-cache"),
+            help="feature cache folder (reused across runs)",
+        )
 
     def handle(self, *args, **opts):
         from retrieval.engine.evaluation import (
@@ -62,6 +73,7 @@ class Command(BaseCommand):
             size=opts["size"],
             epochs=opts["epochs"],
             embed_dim=opts["embed_dim"],
+            reduce_deep=opts["reduce_deep"],
             index=opts["index"],
             seed=opts["seed"],
             knn_k=opts["knn_k"],
