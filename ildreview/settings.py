@@ -185,6 +185,9 @@ ILDREVIEW_LONG_SOFT_TIME_LIMIT_S = env.int("ILDREVIEW_LONG_SOFT_TIME_LIMIT_S", d
 ILDREVIEW_STALE_AFTER_S = env.int("ILDREVIEW_STALE_AFTER_S", default=300)
 ILDREVIEW_QUEUED_STALE_AFTER_S = env.int("ILDREVIEW_QUEUED_STALE_AFTER_S", default=3600)
 ILDREVIEW_RECOVERY_INTERVAL_S = env.int("ILDREVIEW_RECOVERY_INTERVAL_S", default=60)
+# Torch intra-op threads per worker process: 1 by default, because several processes (web,
+# worker, other workers) share the CPU and oversubscribed OpenMP threads are up to 20x slower.
+ILDREVIEW_TORCH_THREADS = env.int("ILDREVIEW_TORCH_THREADS", default=1)
 # `manage.py bootstrap_model`: backbone weights ("imagenet", "random" for tests, or a file),
 # image size and epochs of the head-only model trained on the approved library.
 ILDREVIEW_BOOTSTRAP_WEIGHTS = env.str("ILDREVIEW_BOOTSTRAP_WEIGHTS", default="imagenet")

@@ -40,9 +40,10 @@ PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--studies", type=int, default=5)
-    p.add_argument("--slices", type=int, default=8, help="lung slices per study")
+    p.add_argument("--slices", type=int, default=6, help="lung slices per study")
     p.add_argument("--size", type=int, default=96, help="image size of the tiny model")
     p.add_argument("--kill", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--kill-after", type=int, default=1, help="kill once this many studies are done")
     p.add_argument("--broker", choices=["redis", "filesystem"], default="redis")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
@@ -61,6 +62,7 @@ def environment(args, tmp: Path) -> dict[str, str]:
         "ILDREVIEW_BOOTSTRAP_SIZE": str(args.size),
         "ILDREVIEW_BOOTSTRAP_EPOCHS": "1",
         "ILDREVIEW_RECOVERY_INTERVAL_S": "5",
+        "ILDREVIEW_RESULTS_TOP_K": "3",
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "DEBUG": "true",
     }
@@ -236,10 +238,8 @@ def run(args, worker: Worker) -> dict:
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline and killed is None:
             job = StudyJob.objects.filter(study_id__in=studies, state="running").first()
-            if job is not None:
-                done_before = Study.objects.filter(
-                    pk__in=studies, status="ready_for_review"
-                ).count()
+            done_before = Study.objects.filter(pk__in=studies, status="ready_for_review").count()
+            if job is not None and done_before >= min(args.kill_after, args.studies - 1):
                 worker.kill9()
                 killed = {
                     "study": job.study_id,

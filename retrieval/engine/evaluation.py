@@ -168,14 +168,18 @@ class EvalConfig:
     extras: dict = field(default_factory=dict)
 
 
-def _fold_splits(items: ManifestItems, *, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _fold_splits(
+    items: ManifestItems, *, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train_idx, test_idx) pairs, patient-disjoint."""
     if folds == 1:
         splits = np.asarray(items.splits)
         train = np.flatnonzero(splits == "train")
         test = np.flatnonzero(splits == "test")
         if not len(train) or not len(test):
-            raise ManifestError("--folds 1 needs a manifest `split` column with train and test rows")
+            raise ManifestError(
+                "--folds 1 needs a manifest `split` column with train and test rows"
+            )
         return [(train, test)]
     from retrieval.engine.training import patient_kfold
 
@@ -307,13 +311,13 @@ def evaluate(
     config = config or EvalConfig()
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
+    splits = _fold_splits(items, folds=folds, seed=config.seed)  # fail before the slow part
     deep, rad, lung_fraction, feat_info = extract_features(items, config, progress=progress)
     t_feat = time.perf_counter() - t0
 
     usable = lung_fraction >= config.min_lung_fraction
     labels = np.asarray(items.labels)
     y, class_names = _label_ids(items.labels)
-    splits = _fold_splits(items, folds=folds, seed=config.seed)
 
     variants = list(BASE_VARIANTS)
     for extra in config.extra_variants:
@@ -339,8 +343,15 @@ def evaluate(
         overlap = set(np.asarray(items.patients)[train_idx]) & set(
             np.asarray(items.patients)[test_idx]
         )
+        if len(train_idx) < SEARCH_K or not len(test_idx):
+            raise ManifestError(
+                f"fold {f + 1}: {len(train_idx)} usable reference and {len(test_idx)} query "
+                f"slices; the metrics need at least {SEARCH_K} references and one query per fold"
+            )
         if overlap:  # guard: a leak here would inflate every number in the report
-            raise RuntimeError(f"fold {f + 1}: patients in both train and test: {sorted(overlap)[:5]}")
+            raise RuntimeError(
+                f"fold {f + 1}: patients in both train and test: {sorted(overlap)[:5]}"
+            )
         fold_info.append(
             {
                 "fold": f + 1,

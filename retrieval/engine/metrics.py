@@ -196,7 +196,9 @@ def silhouette(embeddings: np.ndarray, labels: Sequence, *, seed: int = 0) -> fl
     if n_labels < 2 or n_labels >= len(labels):
         return 0.0
     sample = 5000 if len(labels) > 5000 else None
-    return float(silhouette_score(x, labels, metric="euclidean", sample_size=sample, random_state=seed))
+    return float(
+        silhouette_score(x, labels, metric="euclidean", sample_size=sample, random_state=seed)
+    )
 
 
 def embedding_metrics(embeddings: np.ndarray, labels: Sequence) -> dict[str, float]:

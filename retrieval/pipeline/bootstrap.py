@@ -83,7 +83,9 @@ def artefact_train(
     from retrieval.engine.backbones import build_backbone
     from retrieval.engine.radiomics import RadiomicsError, RadiomicsExtractor, Standardizer
     from retrieval.engine.training import TrainConfig, train_head
+    from retrieval.pipeline.runtime import torch_threads_configure
 
+    torch_threads_configure()
     if len(set(labels)) < 2:
         raise ValueError("bootstrap: usable slices of at least two diagnoses are needed")
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -33,9 +33,26 @@ def model_artefact_dir(model_version: ModelVersion) -> Path:
     return path
 
 
+def torch_threads_configure() -> None:
+    """Apply ILDREVIEW_TORCH_THREADS (once per process; 0 leaves torch's default)."""
+    global _threads_set
+    if _threads_set:
+        return
+    threads = int(getattr(settings, "ILDREVIEW_TORCH_THREADS", 1) or 0)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    _threads_set = True
+
+
+_threads_set = False
+
+
 def model_load(*, model_version: ModelVersion):
     """The engine `RetrievalModel` of `model_version`, loaded once per process (CUDA when the
     worker has it)."""
+    torch_threads_configure()
     with _lock:
         key = (model_version.pk, model_version.artefact_dir)
         model = _models.get(key)

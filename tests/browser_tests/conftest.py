@@ -65,6 +65,11 @@ def redis_reachable() -> bool:
 
 
 def use_redis() -> bool:
+    """Redis in CI or when one answers on 127.0.0.1:6379, else kombu's filesystem transport;
+    ILDREVIEW_BROWSER_TEST_BROKER=redis|filesystem forces one."""
+    forced = os.environ.get("ILDREVIEW_BROWSER_TEST_BROKER")
+    if forced in ("redis", "filesystem"):
+        return forced == "redis"
     return os.environ.get("CI") == "true" or redis_reachable()
 
 
@@ -226,8 +231,13 @@ def stack(live_server, transactional_db, settings, tmp_path):
         "ILDREVIEW_RECOVERY_INTERVAL_S": "3600",
         "DEBUG": "true",
         "PYTHONUNBUFFERED": "1",
+        # One intra-op thread: on 2 shared cores torch's thread pool spins against the live
+        # server, the browser and this process, and gets many times slower, not faster.
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
     }
-    if use_redis():
+    redis_broker = use_redis()
+    if redis_broker:
         import redis
 
         redis.Redis.from_url(REDIS_URL).flushdb()
@@ -251,12 +261,17 @@ def stack(live_server, transactional_db, settings, tmp_path):
         )
     worker = WorkerProcess(env=env, log=tmp_path / "worker.log")
     worker.start()
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # this process trains the model and may compute CAMs on demand
     try:
         yield Stack(url=live_server.url, tmp=tmp_path, worker=worker)
     finally:
         worker.stop()
+        torch.set_num_threads(threads)
         _celery_restore(previous)
-        if use_redis():
+        if redis_broker:
             import redis
 
             redis.Redis.from_url(REDIS_URL).flushdb()

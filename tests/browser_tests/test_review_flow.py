@@ -8,7 +8,7 @@ lists the approved case among its similar cases. Screenshots of the review page 
 `test-artefacts/`.
 
 Speed (2 CPU cores): the demo library is small (2 patients x 4 classes, 4 slices of 128 px) and
-the model is the pretrained EfficientNet-Lite0 backbone with a head trained for 3 epochs at an
+the model is the pretrained EfficientNet-Lite0 backbone with a head trained for 1 epoch at an
 input size of 128 px (`ILDREVIEW_BOOTSTRAP_SIZE`), so the 64 real 512-px slices are processed
 at 128 px: lung masks, radiomics, embeddings and CAMs all work on 128 x 128 images.
 """
@@ -143,7 +143,7 @@ def test_clinician_upload_expert_review_approval_and_retrieval_of_the_approved_c
     t0 = time.perf_counter()
     settings.ILDREVIEW_BOOTSTRAP_WEIGHTS = "imagenet"
     settings.ILDREVIEW_BOOTSTRAP_SIZE = 128
-    settings.ILDREVIEW_BOOTSTRAP_EPOCHS = 3
+    settings.ILDREVIEW_BOOTSTRAP_EPOCHS = 1
     library_and_model(stack.tmp)
     TIMINGS["library_and_model_s"] = time.perf_counter() - t0
     first_files, first_source = study_files(stack.tmp, "A0001", "series-2-5mm")
@@ -221,7 +221,5 @@ def test_clinician_upload_expert_review_approval_and_retrieval_of_the_approved_c
     context.close()
     TIMINGS["total_s"] = time.perf_counter() - t0
     summary = ", ".join(f"{k}={v:.1f}" for k, v in TIMINGS.items())
-    (ARTEFACTS / "browser-timings.txt").write_text(
-        f"{first_source}; {second_source}\n{summary}\n"
-    )
+    (ARTEFACTS / "browser-timings.txt").write_text(f"{first_source}; {second_source}\n{summary}\n")
     print(f"\nbrowser flow timings: {summary}")

@@ -458,3 +458,25 @@ def test_review_config_lists_each_result_with_its_query_cam(client, alice, query
     assert [h["rank"] for h in config["hits"]] == list(range(1, STORED_K + 1))
     assert config["progressUrl"] == reverse("cases:study_progress", args=[query_study.pk])
     assert all(h["queryCam"].endswith("-query.png") for h in config["hits"])
+
+
+def test_study_page_and_worklist_link_to_the_review_page_and_poll_progress(
+    client, alice, query_study
+):
+    processing = StudyFactory(uploaded_by=alice, status=Study.Status.PROCESSING)
+    fresh = StudyFactory(uploaded_by=alice, status=Study.Status.UPLOADED)
+    client.force_login(alice)
+    review_url = reverse("cases:study_review", args=[query_study.pk])
+    detail = client.get(reverse("cases:study_detail", args=[query_study.pk])).content.decode()
+    assert f'href="{review_url}" data-testid="open-review">Review similar cases' in detail
+    detail = client.get(reverse("cases:study_detail", args=[processing.pk])).content.decode()
+    assert "Processing status" in detail
+    assert f'data-progress-url="{reverse("cases:study_progress", args=[processing.pk])}"' in detail
+    detail = client.get(reverse("cases:study_detail", args=[fresh.pk])).content.decode()
+    assert 'data-testid="open-review"' not in detail
+
+    worklist = client.get(reverse("cases:worklist")).content.decode()
+    assert f'href="{review_url}" data-testid="review-link"' in worklist
+    assert worklist.count('data-testid="review-link"') == 1  # only the study with results
+    assert worklist.count("data-progress-url=") == 3
+    assert "progress.js" in worklist

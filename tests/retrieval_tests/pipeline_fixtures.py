@@ -69,9 +69,16 @@ def experts(db):
     return UserFactory(role="Expert"), UserFactory(role="Expert")
 
 
+# Embeddings of the library's slices computed by the real path (reference_case_sync) in the
+# first test that needs them, reused by later tests: the library is deterministic (same
+# synthetic slices, same tiny artefact), and re-embedding it per test costs seconds.
+_LIBRARY_ROWS: dict[tuple[int, int, int], tuple[bytes, float, bytes, dict]] = {}
+
+
 @pytest.fixture
 def library(active_version, experts):
     """Approved, embedded reference cases: two per diagnosis of LIBRARY, two slices each."""
+    from retrieval.models import ReferenceEmbedding, SliceFeatures
     from retrieval.pipeline.reference import reference_case_sync
     from retrieval.pipeline.synthetic import synthetic_reference_create
 
@@ -87,7 +94,36 @@ def library(active_version, experts):
                 size=SIZE,
                 seed=50 + 10 * n + j,
             )
-            reference_case_sync(reference_case_id=rc.pk)
+            slices = list(rc.study.series.get().slices.order_by("index"))
+            if all((n, j, s.index) in _LIBRARY_ROWS for s in slices):
+                for s in slices:
+                    vec, fraction, rad, main = _LIBRARY_ROWS[(n, j, s.index)]
+                    SliceFeatures.objects.create(
+                        slice=s,
+                        model_version=active_version,
+                        lung_fraction=fraction,
+                        usable=True,
+                        radiomics=rad,
+                        radiomics_main=main,
+                    )
+                    ReferenceEmbedding.objects.create(
+                        model_version=active_version,
+                        reference_case=rc,
+                        slice=s,
+                        vector=vec,
+                        lung_fraction=fraction,
+                    )
+            else:
+                reference_case_sync(reference_case_id=rc.pk)
+                for s in slices:
+                    e = ReferenceEmbedding.objects.get(slice=s, model_version=active_version)
+                    f = SliceFeatures.objects.get(slice=s, model_version=active_version)
+                    _LIBRARY_ROWS[(n, j, s.index)] = (
+                        bytes(e.vector),
+                        e.lung_fraction,
+                        bytes(f.radiomics),
+                        f.radiomics_main,
+                    )
             cases.append(rc)
     return cases
 

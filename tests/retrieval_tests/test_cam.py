@@ -13,12 +13,12 @@ from retrieval.engine.cam import overlay_png, similarity_cam
 
 def _model(*, weights: str, size: int):
     """A RetrievalModel with an untrained ILD-FFN head over the given backbone."""
+    import torch
+
     from retrieval.engine.artefact import RetrievalModel
     from retrieval.engine.backbones import build_backbone
     from retrieval.engine.fusion import ILDFFN
     from retrieval.engine.radiomics import RadiomicsExtractor, Standardizer
-
-    import torch
 
     torch.manual_seed(0)
     backbone = build_backbone("efficientnet_lite0", weights=weights, device="cpu")
@@ -43,7 +43,11 @@ def _slice(*, size: int, lesion_center=None, seed: int = 0):
     from retrieval.engine.preprocess import prepare_slice
 
     hu, _ = chest_phantom(
-        size=size, pattern="normal", seed=seed, lesion_center=lesion_center, focal=lesion_center is not None
+        size=size,
+        pattern="normal",
+        seed=seed,
+        lesion_center=lesion_center,
+        focal=lesion_center is not None,
     )
     return prepare_slice(hu, is_windowed=False, size=size)
 

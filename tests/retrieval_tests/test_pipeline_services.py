@@ -40,6 +40,7 @@ def _media_files(folder: str) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_processing_a_study_stores_ranked_results_with_cam_files_and_marks_it_ready(
     library, clinician, active_version, django_capture_on_commit_callbacks
 ):
@@ -67,6 +68,7 @@ def test_processing_a_study_stores_ranked_results_with_cam_files_and_marks_it_re
     assert StudyJob.objects.get(study=study).state == StudyJob.State.DONE
 
 
+@pytest.mark.slow
 def test_rerunning_every_stage_of_a_run_creates_no_duplicate_rows_or_files(
     library, clinician, active_version, django_capture_on_commit_callbacks
 ):

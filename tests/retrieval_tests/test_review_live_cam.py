@@ -21,6 +21,17 @@ from tests.retrieval_tests.pipeline_fixtures import LIBRARY, SIZE
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """torch's thread pool on 2 shared cores is many times slower than one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def processed(library, clinician, active_version, settings, django_capture_on_commit_callbacks):
     # Two stored results (four CAMs in the explain stage) keep this test short; the filtered

@@ -84,6 +84,7 @@ def test_reference_case_sync_task_embeds_an_approved_case_and_removes_a_retired_
     assert not ReferenceEmbedding.objects.filter(reference_case=rc).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_a_study_whose_worker_died_is_re_enqueued_and_completes(
     library, clinician, active_version, django_capture_on_commit_callbacks
@@ -136,3 +137,63 @@ def test_a_stale_heartbeat_of_any_worker_is_recovered_by_the_sweep(
     job = StudyJob.objects.get(study=study)
     assert job.state == StudyJob.State.QUEUED and job.run_id != "old"
     assert recovery.stale_jobs_requeue() == []  # claimed once
+
+
+@pytest.mark.django_db
+def test_activating_a_new_version_re_embeds_the_library_before_switching(
+    library, active_version, tiny_artefact
+):
+    from retrieval.models import ModelVersion
+
+    new = ModelVersion.objects.create(
+        name="tiny-2", artefact_dir=str(tiny_artefact), backbone="efficientnet_lite0"
+    )
+    old_rows = ReferenceEmbedding.objects.filter(model_version=active_version).count()
+
+    tasks.model_version_activate_and_reembed.delay(new.pk).get()
+
+    new.refresh_from_db()
+    active_version.refresh_from_db()
+    assert new.is_active and not active_version.is_active
+    assert ReferenceEmbedding.objects.filter(model_version=new).count() == old_rows
+    embedded = set(
+        ReferenceEmbedding.objects.filter(model_version=new).values_list(
+            "reference_case_id", flat=True
+        )
+    )
+    assert embedded == {rc.pk for rc in library}
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_bootstrap_trains_activates_and_embeds_a_first_model(experts, pipeline_env, settings):
+    from retrieval.selectors import model_version_active
+
+    settings.ILDREVIEW_BOOTSTRAP_WEIGHTS = "random"
+    settings.ILDREVIEW_BOOTSTRAP_SIZE = SIZE
+    settings.ILDREVIEW_BOOTSTRAP_EPOCHS = 1
+    settings.ILDREVIEW_MODEL_DIR = pipeline_env.VAR_DIR / "models"
+    cases = [
+        synthetic_reference_create(
+            expert=experts[0],
+            approver=experts[1],
+            diagnosis=diagnosis(name),
+            pattern=pattern,
+            slices=2,
+            size=SIZE,
+            seed=i,
+        )
+        for i, (name, pattern) in enumerate([("Normal", "normal"), ("IPF-ILD", "reticulation")])
+    ]
+    assert model_version_active() is None
+
+    version_id = tasks.model_version_bootstrap.delay().get()
+
+    version = model_version_active()
+    assert version is not None and version.pk == version_id
+    assert {rc.pk for rc in cases} == set(
+        ReferenceEmbedding.objects.filter(model_version=version).values_list(
+            "reference_case_id", flat=True
+        )
+    )
+    assert tasks.model_version_bootstrap.delay().get() is None  # one is active: nothing to do

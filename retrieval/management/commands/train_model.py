@@ -32,6 +32,12 @@ class Command(BaseCommand):
         parser.add_argument("--mode", choices=["head", "end_to_end"], default="head")
         parser.add_argument("--fusion", choices=["ildffn", "deep", "radiomics"], default="ildffn")
         parser.add_argument("--embed-dim", type=int, default=128)
+        parser.add_argument(
+            "--reduce-deep",
+            type=int,
+            default=None,
+            help="ILD-FFN: project the deep vector to N dims before the outer product",
+        )
         parser.add_argument("--size", type=int, default=512)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--limit", type=int, default=None, help="about N rows (quick runs)")
@@ -162,6 +168,7 @@ def _train(prepared, labels, *, opts, weights: str, quiet: bool):
         mode=opts["mode"],
         seed=opts["seed"],
         fusion=opts["fusion"],
+        reduce_deep=opts["reduce_deep"],
     )
     extractor = FeatureExtractor(backbone, radiomics)
     deep, rad = extractor.extract(prepared)
