@@ -51,6 +51,15 @@ def _sqlite_test_database_on_disk() -> None:
     name = test.get("NAME")
     if not name or name == ":memory:" or str(name).startswith("file:memorydb"):
         test["NAME"] = str(Path(tempfile.gettempdir()) / f"ildreview-test-{os.getpid()}.sqlite3")
+        options = db.setdefault("OPTIONS", {})
+        # WAL: the live server's reads never wait for the worker's writes (and the reverse);
+        # no fsync: a test database need not survive a power cut, and the suite stays as fast
+        # as in memory; a generous busy timeout for the moments two processes write at once.
+        commands = [c for c in options.get("init_command", "").split(";") if c.strip()]
+        options["init_command"] = ";".join(
+            [*commands, "PRAGMA journal_mode=WAL", "PRAGMA synchronous=OFF"]
+        )
+        options.setdefault("timeout", 30)
 
 
 _sqlite_test_database_on_disk()
@@ -218,10 +227,6 @@ def stack(live_server, transactional_db, settings, tmp_path):
     settings.VAR_DIR = var
     settings.ILDREVIEW_MODEL_DIR = models
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    if connection.vendor == "sqlite":
-        # Readers (live server) never wait for the worker's progress writes.
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA journal_mode=WAL")
     env = {
         "DATABASE_URL": database_url(),
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
