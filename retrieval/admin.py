@@ -1,15 +1,26 @@
 """Django admin of the retrieval app: every model, with list filters and search.
 
 Pipeline records (features, embeddings, jobs, results) are written only by the pipeline and are
-shown read-only; a model version is made active with the admin action, which goes through the
-service (one active version at a time).
+shown read-only. Model versions are activated with an admin action that queues
+`retrieval.tasks.model_version_activate_and_reembed`: the library is re-embedded in the
+background and the switch happens when it is done, so the current version keeps answering
+queries meanwhile. New versions are trained from the TrainingRun list ("Train a new model"),
+which queues `retrieval.tasks.model_version_train` on the gpu queue and shows its progress.
 """
 
 from __future__ import annotations
 
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from cases.admin import ReadOnlyAdminMixin
 from retrieval.models import (
@@ -22,6 +33,9 @@ from retrieval.models import (
     TrainingRun,
 )
 
+# Seconds between reloads of the TrainingRun list while a run is queued or running.
+TRAINING_REFRESH_S = 5
+
 
 def _nbytes(value) -> str:
     return f"{len(value)} bytes" if value else "—"
@@ -29,22 +43,47 @@ def _nbytes(value) -> str:
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("name", "backbone", "is_active", "created_at")
+    list_display = ("name", "is_active", "backbone", "created_at", "macro_f1", "report_link")
     list_filter = ("is_active", "backbone", "created_at")
     search_fields = ("name", "backbone", "artefact_dir", "backbone_weights_sha256")
-    # Activation goes through the action so that the previous version is deactivated.
+    # Activation goes through the action so that the library is re-embedded first.
     readonly_fields = ("is_active", "created_at")
     actions = ["activate_selected"]
 
-    @admin.action(description="Make the selected version the active one")
+    @admin.display(description="macro F1")
+    def macro_f1(self, obj: ModelVersion) -> str:
+        value = (obj.metrics or {}).get("macro_f1")
+        return f"{value:.3f}" if isinstance(value, int | float) else "—"
+
+    @admin.display(description="report")
+    def report_link(self, obj: ModelVersion) -> str:
+        url = reverse("retrieval:model_detail", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, "report" if obj.report_dir else "details")
+
+    @admin.action(description="Activate (re-embed the library in the background)")
     def activate_selected(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one model version.", messages.ERROR)
             return
-        from retrieval.services import model_version_activate
+        version = queryset.get()
+        if version.is_active:
+            self.message_user(request, f"{version.name} is already active.", messages.WARNING)
+            return
 
-        version = model_version_activate(version=queryset.get())
-        self.message_user(request, f"{version.name} is now the active model.", messages.SUCCESS)
+        def publish(version_id=version.pk):
+            from retrieval.tasks import model_version_activate_and_reembed
+
+            model_version_activate_and_reembed.delay(version_id)
+
+        transaction.on_commit(publish)
+        current = ModelVersion.objects.filter(is_active=True).first()
+        keeps = f"{current.name} keeps answering queries" if current else "no version is active"
+        self.message_user(
+            request,
+            f"Re-embedding the reference library with {version.name} in the background; "
+            f"{keeps} until it is done, then {version.name} becomes the active model.",
+            messages.SUCCESS,
+        )
 
 
 @admin.register(SliceFeatures)
@@ -122,9 +161,110 @@ class SimilarCaseAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ("result", "reference_case")
 
 
+class TrainingStartForm(forms.Form):
+    """Options of a new training run (defaults: the ILDREVIEW_BOOTSTRAP_* settings)."""
+
+    epochs = forms.IntegerField(min_value=1, max_value=1000)
+    backbone = forms.ChoiceField()
+    weights = forms.ChoiceField(
+        help_text="imagenet: the pretrained backbone (local weights); random: timing/tests only"
+    )
+    size = forms.IntegerField(min_value=32, max_value=1024, help_text="slice side in pixels")
+
+    def __init__(self, *args, **kwargs):
+        from retrieval.engine.backbones import BACKBONES
+        from retrieval.pipeline.training import TRAINING_WEIGHTS
+
+        kwargs.setdefault(
+            "initial",
+            {
+                "epochs": settings.ILDREVIEW_BOOTSTRAP_EPOCHS,
+                "backbone": settings.ILDREVIEW_BACKBONE,
+                "weights": settings.ILDREVIEW_BOOTSTRAP_WEIGHTS,
+                "size": settings.ILDREVIEW_BOOTSTRAP_SIZE,
+            },
+        )
+        super().__init__(*args, **kwargs)
+        self.fields["backbone"].choices = [
+            (k, f"{k}: {s.description}") for k, s in BACKBONES.items()
+        ]
+        self.fields["weights"].choices = [(w, w) for w in TRAINING_WEIGHTS]
+
+
 @admin.register(TrainingRun)
 class TrainingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "state", "progress_percent", "model_version", "created_by", "created_at")
+    list_display = (
+        "id",
+        "state",
+        "progress",
+        "options",
+        "model_version",
+        "created_by",
+        "created_at",
+        "message",
+    )
     list_filter = ("state", "created_at")
     search_fields = ("message", "created_by__username", "model_version__name")
     list_select_related = ("model_version", "created_by")
+    change_list_template = "retrieval/admin/trainingrun_change_list.html"
+
+    @admin.display(description="progress", ordering="progress_percent")
+    def progress(self, obj: TrainingRun) -> str:
+        return format_html(
+            '<progress max="100" value="{}" data-run="{}"></progress> {} %',
+            obj.progress_percent,
+            obj.pk,
+            obj.progress_percent,
+        )
+
+    @admin.display(description="options")
+    def options(self, obj: TrainingRun) -> str:
+        p = obj.params or {}
+        keys = ("backbone", "weights", "size", "epochs")
+        return ", ".join(f"{k} {p[k]}" for k in keys if k in p) or "—"
+
+    def get_urls(self):
+        train = path(
+            "train/",
+            self.admin_site.admin_view(self.train_view),
+            name="retrieval_trainingrun_train",
+        )
+        return [train, *super().get_urls()]
+
+    def _may_train(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("retrieval.add_trainingrun")
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        busy = TrainingRun.objects.filter(
+            state__in=[TrainingRun.State.QUEUED, TrainingRun.State.RUNNING]
+        ).exists()
+        extra_context = {
+            **(extra_context or {}),
+            "may_train": self._may_train(request),
+            "refresh_s": TRAINING_REFRESH_S if busy else None,
+        }
+        return super().changelist_view(request, extra_context=extra_context)
+
+    def train_view(self, request: HttpRequest) -> HttpResponse:
+        """GET: the options form; POST: queue the run (gpu queue) and go back to the list."""
+        from retrieval.pipeline.training import training_run_start
+
+        if not self._may_train(request):
+            raise PermissionDenied
+        form = TrainingStartForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            run = training_run_start(user=request.user, **form.cleaned_data)
+            self.message_user(
+                request,
+                f"Training run {run.pk} queued on the gpu queue; the new version is registered "
+                "inactive when it finishes (activate it from the model versions).",
+                messages.SUCCESS,
+            )
+            return redirect("admin:retrieval_trainingrun_changelist")
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Train a new model",
+            "form": form,
+        }
+        return TemplateResponse(request, "retrieval/admin/train.html", context)

@@ -43,6 +43,21 @@ MIN_LUNG_COMPONENT_FRACTION = 0.0015
 # Below this lung fraction the second (edge-tolerant) pass is tried; pure air level for it.
 RETRY_FRACTION = 0.03
 PURE_AIR = 0.03
+# Second pass (windowed images only): a component holding more than this share of the image
+# border is the air around the body, never lung (lungs of a cropped figure touch one to three
+# sides, and less than all of each).
+OUTSIDE_AIR_BORDER_SHARE = 0.6
+# A body holding more than this share of the image border is a cropped figure: `body_mask`
+# then tells nothing.
+CROPPED_BODY_BORDER_SHARE = 0.3
+# For 8-bit figures the body is trusted only when it covers at least this fraction of the image
+# (row/column span) and does not touch the border.
+MIN_BODY_FRACTION = 0.25
+# A lung component must lie inside the body (`body_mask`) at least by this share (lungs of a
+# cropped figure may stick out of the visible body; the table's hollow is all outside).
+INSIDE_BODY_SHARE = 0.5
+# A mask larger than this fraction of the image is outside air, not lung.
+MAX_LUNG_FRACTION = 0.7
 # Central part of the image (fraction of each side) whose intensities are clustered.
 CLUSTER_CROP = 0.6
 
@@ -156,14 +171,27 @@ def _border_values(a: np.ndarray) -> np.ndarray:
     return np.concatenate([a[0, :], a[-1, :], a[:, 0], a[:, -1]])
 
 
-def lung_mask(image01: np.ndarray) -> np.ndarray:
-    """Paper's lung mask of a windowed [0, 1] slice (see module docstring); may be empty.
+def lung_mask(image01: np.ndarray, *, is_windowed: bool = False) -> np.ndarray:
+    """Lung mask of a windowed [0, 1] slice (see module docstring); may be empty.
 
-    A second pass (documented deviation, for cropped figure images whose lungs touch the
-    image edge) runs only when the paper's pass finds less than `RETRY_FRACTION` of lung:
-    pure-black pixels (< `PURE_AIR`: outside air, letter-box padding) are excluded from the
-    dark class and border-touching components are then allowed. Slices the paper's pass
-    handles (every real CT slice with lungs) never reach it.
+    First pass: the paper's steps, plus one plausibility rule (a documented deviation): a dark
+    component counts as lung only when it lies inside the body (`body_mask`), which removes the
+    hollow of the patient table and the air between table and back — dark regions that do not
+    touch the border and that the paper's rules alone keep on slices with little or no lung
+    (neck, abdomen).
+
+    Second pass (`is_windowed=True` only — cropped 8-bit figure images whose lungs touch the
+    image edge): when the first pass finds less than `RETRY_FRACTION` of lung, pure-black
+    pixels (< `PURE_AIR`: outside air, letter-box padding) are excluded from the dark class and
+    border-touching components are allowed, except those holding more than
+    `OUTSIDE_AIR_BORDER_SHARE` of the image border or, when the whole body is in view,
+    lying outside it (the air around the body); its result replaces the first pass's only when larger and not above
+    `MAX_LUNG_FRACTION`. Hounsfield-unit slices never take it: their outside air is not pure
+    black after windowing, so the pass would keep it (neck and abdomen slices came out 60-98 %
+    "lung").
+
+    Finally a mask covering more than `MAX_LUNG_FRACTION` of the image is taken to be outside
+    air and emptied (no real axial slice is that much lung).
     """
     img = np.asarray(image01, dtype=np.float32)
     if img.ndim != 2:
@@ -178,26 +206,95 @@ def lung_mask(image01: np.ndarray) -> np.ndarray:
     # Structuring element scales with the image so 64 px test images and 512 px slices
     # behave alike (radius 2 at 512, 1 below 384).
     radius = max(1, round(min(h, w) / 256))
-    mask = _keep_lungs(_dilate(_erode(dark, radius), radius), drop_border=True)
-    if mask.mean() < RETRY_FRACTION:
+    if is_windowed:
+        # figures: only a whole, body-sized body in view is trusted (see body_mask)
+        body = body_mask(~dark, radius=radius, max_border_share=0.0, min_fraction=MIN_BODY_FRACTION)
+    else:
+        body = body_mask(~dark, radius=radius)
+    opened = _dilate(_erode(dark, radius), radius)
+    mask = fill_holes(_keep_lungs(opened, drop_border=True, inside=body))
+    if is_windowed and mask.mean() < RETRY_FRACTION:
         dark2 = dark & (img >= PURE_AIR)
-        retry = _keep_lungs(_dilate(_erode(dark2, radius), radius), drop_border=False)
-        if retry.mean() > mask.mean():
+        opened2 = _dilate(_erode(dark2, radius), radius)
+        retry = fill_holes(_keep_lungs(opened2, drop_border=False, inside=body))
+        if mask.mean() < retry.mean() <= MAX_LUNG_FRACTION:
             mask = retry
-    return fill_holes(mask)
+    if mask.mean() > MAX_LUNG_FRACTION:
+        return np.zeros_like(mask)
+    return mask
 
 
-def _keep_lungs(dark: np.ndarray, *, drop_border: bool) -> np.ndarray:
+def body_mask(
+    bright: np.ndarray,
+    *,
+    radius: int,
+    max_border_share: float = CROPPED_BODY_BORDER_SHARE,
+    min_fraction: float = 0.0,
+) -> np.ndarray:
+    """Where the patient's body is: the largest bright (tissue) component after an opening
+    that cuts thin contacts (the table's shell, cushions, cables), widened to its row or column
+    span (a pixel is inside when body lies left and right of it in its row, or above and below
+    it in its column). The span keeps the lungs inside even where a thin chest wall was opened
+    away (holes need not be closed), while the table beneath the back and the air around the
+    body stay outside.
+
+    Returns all True when no body can be told (nothing bright, or the largest component holds
+    more than `max_border_share` of the image border — a cropped figure whose lungs may
+    stick out of the visible body — or a body smaller than `min_fraction` of the image, as
+    when only the mediastinum is bright in a figure), so that the rule then removes nothing.
+    """
+    opened = _dilate(_erode(bright, radius), radius)
+    labels, n = ndi.label(opened)
+    if n == 0:
+        return np.ones_like(bright, dtype=bool)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    areas[0] = 0
+    body = labels == int(np.argmax(areas))
+    if _border_share(body) > max_border_share:
+        return np.ones_like(bright, dtype=bool)
+    spanned = _span(body) | _span(body.T).T
+    if spanned.mean() < min_fraction:
+        return np.ones_like(bright, dtype=bool)
+    return spanned
+
+
+def _span(component: np.ndarray) -> np.ndarray:
+    """Per row, everything between the row's first and last pixel of `component`."""
+    w = component.shape[1]
+    first = np.argmax(component, axis=1)
+    last = w - 1 - np.argmax(component[:, ::-1], axis=1)
+    cols = np.arange(w)
+    inside = (cols[None, :] >= first[:, None]) & (cols[None, :] <= last[:, None])
+    return inside & component.any(axis=1)[:, None]
+
+
+def _border_share(component: np.ndarray) -> float:
+    """Fraction of the image's border pixels that belong to `component`."""
+    return float(_border_values(component).mean())
+
+
+def _keep_lungs(
+    dark: np.ndarray, *, drop_border: bool, inside: np.ndarray | None = None
+) -> np.ndarray:
     """The largest dark component, plus the second largest when it is lung-sized relative
-    to the first; components touching the border are dropped when `drop_border`."""
+    to the first. Components touching the border are dropped when `drop_border`; otherwise
+    those holding most of the border (outside air) still are. With `inside` (the body), a
+    component is a candidate only when at least `INSIDE_BODY_SHARE` of it lies inside."""
     h, w = dark.shape
     labels, n = ndi.label(dark)
     if n == 0:
         return np.zeros_like(dark, dtype=bool)
     areas = np.bincount(labels.ravel(), minlength=n + 1).astype(np.int64)
     areas[0] = 0
+    border_counts = np.bincount(_border_values(labels), minlength=n + 1)
     if drop_border:
-        areas[np.unique(_border_values(labels))] = 0
+        areas[border_counts > 0] = 0
+    else:
+        border_pixels = 2 * (h + w)
+        areas[border_counts > OUTSIDE_AIR_BORDER_SHARE * border_pixels] = 0
+    if inside is not None:
+        inside_counts = np.bincount(labels[inside], minlength=n + 1)
+        areas[inside_counts < INSIDE_BODY_SHARE * areas] = 0
     areas[areas < MIN_LUNG_COMPONENT_FRACTION * h * w] = 0
     order = np.argsort(areas)[::-1]
     if areas[order[0]] == 0:
@@ -253,7 +350,7 @@ def prepare_slice(
         raise ValueError(f"expected a 2-D slice, got shape {arr.shape}")
     image01 = _to_unit_range(arr) if is_windowed else window_hu(arr, level=level, width=width)
     image = resize_to(image01, size=size)
-    mask = lung_mask(image)
+    mask = lung_mask(image, is_windowed=is_windowed)
     fraction = float(mask.mean())
     fell_back = fraction < FALLBACK_FRACTION
     if fell_back:

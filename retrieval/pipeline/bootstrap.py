@@ -28,16 +28,15 @@ def _backbone_weights() -> str:
     return weights
 
 
-def bootstrap_train(
+def library_prepare(
     *,
     cases: list[ReferenceCase],
-    out_dir: Path,
+    size: int,
     progress: Callable[[int, int], None] | None = None,
-    epochs: int | None = None,
-) -> Path:
-    """Train on `cases` (approved, >= 2 diagnoses) and save the artefact to `out_dir`."""
-    size = int(settings.ILDREVIEW_BOOTSTRAP_SIZE)
-    prepared, labels = [], []
+) -> tuple[list, list[int], list[str], list[int]]:
+    """Usable prepared slices of `cases` (at most MAX_SLICES_PER_CASE per case, evenly
+    spread): (prepared, label indices, class names = sorted diagnosis codes, case pk of each)."""
+    prepared, labels, case_ids = [], [], []
     class_names = sorted({rc.diagnosis.code for rc in cases})
     for n, rc in enumerate(cases):
         usable = []
@@ -50,8 +49,22 @@ def bootstrap_train(
             usable = [usable[i] for i in pick]
         prepared.extend(usable)
         labels.extend([class_names.index(rc.diagnosis.code)] * len(usable))
+        case_ids.extend([rc.pk] * len(usable))
         if progress:
             progress(n + 1, len(cases))
+    return prepared, labels, class_names, case_ids
+
+
+def bootstrap_train(
+    *,
+    cases: list[ReferenceCase],
+    out_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+    epochs: int | None = None,
+) -> Path:
+    """Train on `cases` (approved, >= 2 diagnoses) and save the artefact to `out_dir`."""
+    size = int(settings.ILDREVIEW_BOOTSTRAP_SIZE)
+    prepared, labels, class_names, _ = library_prepare(cases=cases, size=size, progress=progress)
     return artefact_train(
         prepared=prepared,
         labels=labels,

@@ -280,6 +280,10 @@ def stack(live_server, transactional_db, settings, tmp_path):
             import redis
 
             redis.Redis.from_url(REDIS_URL).flushdb()
+        import subprocess as _sp
+        print("DEBUG-PG", _sp.run(["psql","-h","127.0.0.1","-U","postgres","-c","select pid, client_port, state, query from pg_stat_activity where datname like 'test_%'"],capture_output=True,text=True).stdout)
+        print("DEBUG-SS", _sp.run(["ss","-tnp"],capture_output=True,text=True).stdout[-3000:])
+        print("DEBUG-MYPID", os.getpid())
         log = tmp_path / "worker.log"
         if log.exists():
             ARTEFACTS.mkdir(exist_ok=True)
