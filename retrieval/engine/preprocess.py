@@ -55,7 +55,7 @@ CROPPED_BODY_BORDER_SHARE = 0.3
 MIN_BODY_FRACTION = 0.25
 # A lung component must lie inside the body (`body_mask`) at least by this share (lungs of a
 # cropped figure may stick out of the visible body; the table's hollow is all outside).
-INSIDE_BODY_SHARE = 0.5
+INSIDE_BODY_SHARE = 0.25
 # A mask larger than this fraction of the image is outside air, not lung.
 MAX_LUNG_FRACTION = 0.7
 # Central part of the image (fraction of each side) whose intensities are clustered.

@@ -202,6 +202,7 @@ def browser():
             f"Chromium not found at {CHROMIUM}: run `make test` (scripts/ensure_chromium.sh) or "
             "apt-get install chromium"
         )
+    from django.db import connections
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -210,6 +211,10 @@ def browser():
             yield browser
         finally:
             browser.close()
+            # Database connections opened while Playwright ran belong to its context (Django's
+            # connection handler is context-local): close them here, or PostgreSQL refuses to
+            # drop the test database at the end of the session.
+            connections.close_all()
 
 
 @pytest.fixture
@@ -219,7 +224,7 @@ def stack(live_server, transactional_db, settings, tmp_path):
     The worker is started first so that its start-up overlaps the test's own set-up; it is
     stopped before the database is flushed.
     """
-    from django.db import connection
+    import torch
 
     var = tmp_path / "var"
     models = var / "models"
@@ -265,12 +270,10 @@ def stack(live_server, transactional_db, settings, tmp_path):
             },
         )
     worker = WorkerProcess(env=env, log=tmp_path / "worker.log")
-    worker.start()
-    import torch
-
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # this process trains the model and may compute CAMs on demand
     try:
+        worker.start()
+        torch.set_num_threads(1)  # this process trains the model and may compute CAMs on demand
         yield Stack(url=live_server.url, tmp=tmp_path, worker=worker)
     finally:
         worker.stop()
@@ -280,10 +283,6 @@ def stack(live_server, transactional_db, settings, tmp_path):
             import redis
 
             redis.Redis.from_url(REDIS_URL).flushdb()
-        import subprocess as _sp
-        print("DEBUG-PG", _sp.run(["psql","-h","127.0.0.1","-U","postgres","-c","select pid, client_port, state, query from pg_stat_activity where datname like 'test_%'"],capture_output=True,text=True).stdout)
-        print("DEBUG-SS", _sp.run(["ss","-tnp"],capture_output=True,text=True).stdout[-3000:])
-        print("DEBUG-MYPID", os.getpid())
         log = tmp_path / "worker.log"
         if log.exists():
             ARTEFACTS.mkdir(exist_ok=True)
