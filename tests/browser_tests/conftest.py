@@ -188,10 +188,16 @@ def _celery_restore(previous: dict) -> None:
 
 
 def _celery_pool_reset(app) -> None:
-    # Connections made for the old broker must not be reused for the new one.
+    # Connections made for the old broker must not be reused for the new one. kombu also
+    # keeps producer pools in a process-wide registry (and Celery caches one on `app.amqp`);
+    # both would hand back a pool closed here ("Acquire on closed pool").
+    from kombu import pools
+
     if app._pool is not None:
         app._pool.force_close_all()
         app._pool = None
+    app.amqp._producer_pool = None
+    pools.reset()
 
 
 @pytest.fixture
