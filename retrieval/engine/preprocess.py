@@ -16,6 +16,14 @@ The lung mask follows the paper (the classic k-means lung segmentation):
    small central dark components (trachea, oesophageal air, bowel gas) fall below that ratio;
 6. fill holes (vessels, nodules and dense lesions enclosed by the lung).
 
+Deviations, all documented in `lung_mask`: between steps 4 and 5 a dark component must lie
+inside the patient's body (`body_mask`), so the patient table's hollow and the air under the
+back — dark, enclosed, not touching the border — are not taken for lung on neck and abdomen
+slices; an edge-tolerant second pass exists for cropped 8-bit figures only (never for
+Hounsfield-unit slices, whose outside air it would keep); a mask above `MAX_LUNG_FRACTION` of
+the image is outside air and is emptied. On slices without lung the fraction is therefore
+~0 and the minimum-lung-fraction filter drops them.
+
 `prepare_slice` also guards the ROI used by radiomics: when the segmented lung fraction is below
 `FALLBACK_FRACTION` (no lung found, e.g. a tightly cropped figure image or an abdominal slice),
 the mask becomes a documented fallback — a central ellipse (inside the body when one is
@@ -175,20 +183,23 @@ def lung_mask(image01: np.ndarray, *, is_windowed: bool = False) -> np.ndarray:
     """Lung mask of a windowed [0, 1] slice (see module docstring); may be empty.
 
     First pass: the paper's steps, plus one plausibility rule (a documented deviation): a dark
-    component counts as lung only when it lies inside the body (`body_mask`), which removes the
-    hollow of the patient table and the air between table and back — dark regions that do not
-    touch the border and that the paper's rules alone keep on slices with little or no lung
-    (neck, abdomen).
+    component counts as lung only when at least `INSIDE_BODY_SHARE` of it lies inside the body
+    (`body_mask`). This removes the hollow of the patient table and the air between table and
+    back, dark regions that touch no border and that the paper's rules alone keep on slices with
+    little or no lung (neck, abdomen). For HU slices the body counts unless it holds more than
+    `CROPPED_BODY_BORDER_SHARE` of the border; for 8-bit figures only when it touches no border
+    and spans at least `MIN_BODY_FRACTION` of the image (figures are often cropped through the
+    chest, or show only the mediastinum as bright, where the rule would cut real lung).
 
-    Second pass (`is_windowed=True` only — cropped 8-bit figure images whose lungs touch the
+    Second pass (`is_windowed=True` only, for cropped 8-bit figure images whose lungs touch the
     image edge): when the first pass finds less than `RETRY_FRACTION` of lung, pure-black
     pixels (< `PURE_AIR`: outside air, letter-box padding) are excluded from the dark class and
     border-touching components are allowed, except those holding more than
-    `OUTSIDE_AIR_BORDER_SHARE` of the image border or, when the whole body is in view,
-    lying outside it (the air around the body); its result replaces the first pass's only when larger and not above
-    `MAX_LUNG_FRACTION`. Hounsfield-unit slices never take it: their outside air is not pure
-    black after windowing, so the pass would keep it (neck and abdomen slices came out 60-98 %
-    "lung").
+    `OUTSIDE_AIR_BORDER_SHARE` of the image border (the air around the body) or failing the
+    body rule. Its result replaces the first pass's only when it is larger and not above
+    `MAX_LUNG_FRACTION`. Hounsfield-unit slices never take it: their outside air is about
+    -1000 HU, not pure black after windowing, so the pass kept it (neck and abdomen slices came
+    out 55-98 % "lung").
 
     Finally a mask covering more than `MAX_LUNG_FRACTION` of the image is taken to be outside
     air and emptied (no real axial slice is that much lung).

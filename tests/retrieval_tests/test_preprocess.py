@@ -109,3 +109,35 @@ def _two_lung_hu(size: int) -> np.ndarray:
     for cx in (0.32, 0.68):
         hu[((xx - cx) / 0.13) ** 2 + ((yy - 0.5) / 0.27) ** 2 <= 1] = -850
     return hu
+
+
+def test_hounsfield_slice_without_lungs_keeps_table_hollow_and_outside_air_out():
+    # abdomen-like slice: soft-tissue body, air around it and a hollow table shell below,
+    # whose enclosed air touches no border; none of it is lung
+    size = 128
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    hu = np.full((size, size), -1000, np.int16)
+    hu[((xx - 0.5) / 0.42) ** 2 + ((yy - 0.45) / 0.3) ** 2 <= 1] = 40
+    shell = (np.abs(yy - 0.86) < 0.07) & (np.abs(xx - 0.5) < 0.42)
+    hollow = (np.abs(yy - 0.86) < 0.04) & (np.abs(xx - 0.5) < 0.38)
+    hu[shell & ~hollow] = 300
+    p = prepare_slice(hu, is_windowed=False, size=size)
+    assert p.lung_fraction < 0.05
+
+
+def test_hounsfield_slice_never_takes_the_edge_tolerant_second_pass():
+    # outside air inside the scan circle is about -1000 HU, not pure black once windowed: a
+    # permissive pass would call it lung
+    soft_tissue = np.full((96, 96), -1000, dtype=np.int16)
+    soft_tissue[20:76, 20:76] = 40
+    p = prepare_slice(soft_tissue, is_windowed=False, size=96)
+    assert p.lung_fraction < FALLBACK_FRACTION
+
+
+def test_cropped_eight_bit_figure_keeps_lungs_touching_the_edge():
+    hu = _two_lung_hu(128)[:, 14:114]  # crop so both lungs touch the left and right edges
+    hu = hu[30:98]
+    eight_bit = (window_hu(hu) * 255).round().astype(np.uint8)
+    p = prepare_slice(eight_bit, is_windowed=True, size=64)
+    assert 0.1 < p.lung_fraction < 0.7
+    assert not p.mask_fallback

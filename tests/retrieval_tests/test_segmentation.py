@@ -67,3 +67,39 @@ def test_lung_mask_of_a_real_ct_slice_has_two_lungs(lung_pet_ct_dx, record_prope
     assert 0.1 <= p.lung_fraction <= 0.5
     assert n_components == 2
     assert not p.mask_fallback
+
+
+def _a0001_slices(lung_pet_ct_dx, positions: list[int]) -> dict[int, np.ndarray]:
+    """HU of the slices at `positions` of A0001's first series, ordered by table position
+    (ascending z: abdomen first, neck last); headers are read for all, pixels only for those."""
+    import pydicom
+
+    series = sorted((lung_pet_ct_dx / "A0001").iterdir())[0]
+    headers = [
+        (float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]), f)
+        for f in sorted(series.iterdir())
+        if f.is_file()
+    ]
+    headers.sort()
+    out = {}
+    for i in positions:
+        ds = pydicom.dcmread(headers[i][1])
+        out[i] = (ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)).astype(
+            np.int16
+        )
+    return out
+
+
+def test_real_ct_slices_outside_the_lungs_get_almost_no_lung(lung_pet_ct_dx, record_property):
+    # A0001 series-2-5mm has 64 slices: 0-6 upper abdomen (liver, stomach), 57-63 neck and
+    # shoulders (checked visually); the outside air, the table's hollow and the air under the
+    # back must not pass for lung there, while mid-chest slices keep their lungs.
+    outside, inside = [0, 1, 2, 61, 62, 63], [20, 32, 44]
+    slices = _a0001_slices(lung_pet_ct_dx, outside + inside)
+    fractions = {
+        i: prepare_slice(hu, is_windowed=False, size=256).lung_fraction for i, hu in slices.items()
+    }
+    print("\nA0001 lung fraction by slice:", {i: round(f, 3) for i, f in fractions.items()})
+    record_property("real_outside_lung_max_fraction", round(max(fractions[i] for i in outside), 4))
+    assert all(fractions[i] < 0.05 for i in outside), fractions
+    assert all(fractions[i] > 0.05 for i in inside), fractions
