@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from retrieval.engine.backbones import images_to_tensor
+from retrieval.engine.preprocess import PREPROCESS_VERSION, load_image_file, prepare_slice
 from retrieval.engine.radiomics import RadiomicsExtractor
 
 Progress = Callable[[int, int], None]  # (items done, items total)
@@ -67,7 +68,15 @@ class FeatureCache:
     ) -> str:
         """Cache key (hex) of one image under one feature configuration."""
         payload = json.dumps(
-            [source, backbone_name, weights_sha256, params_sha256, int(size), input_size]
+            [
+                source,
+                backbone_name,
+                weights_sha256,
+                params_sha256,
+                int(size),
+                input_size,
+                PREPROCESS_VERSION,
+            ]
         )
         return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -177,7 +186,6 @@ class FeatureExtractor:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(deep, radiomics, lung_fraction (N,)) of image files (PNG/JPEG/TIFF, see
         preprocess.load_image_file), prepared at `size`, through `cache` when given."""
-        from retrieval.engine.preprocess import load_image_file, prepare_slice
 
         n = len(paths)
         items: list[CachedFeatures | None] = [None] * n

@@ -41,6 +41,9 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 LUNG_WINDOW = (-500.0, 1500.0)  # level, width (HU)
+# Bumped whenever windowing, resizing or the lung mask change what a slice becomes, so that
+# cached features computed by an older version are not reused (see features.FeatureCache.key).
+PREPROCESS_VERSION = 2
 
 # Fraction of the image where the mask is considered empty and the fallback ROI is used.
 FALLBACK_FRACTION = 0.005
