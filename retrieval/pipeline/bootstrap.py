@@ -119,7 +119,13 @@ def artefact_train(
     rad = np.vstack(rows)
     deep = deep_features(backbone=backbone, prepared=kept)
     standardizer = Standardizer().fit(rad)
-    config = TrainConfig(epochs=epochs, mode="head", fusion="ildffn", seed=0)
+    config = TrainConfig(
+        epochs=epochs,
+        mode="head",
+        fusion="ildffn",
+        seed=0,
+        reduce_deep=bootstrap_reduce_deep(device=device),
+    )
     head, metrics = train_head(
         deep=deep, rad=standardizer.transform(rad), labels=np.asarray(labels), config=config
     )
@@ -162,3 +168,16 @@ def _config_dict(config) -> dict:
     from dataclasses import asdict, is_dataclass
 
     return asdict(config) if is_dataclass(config) else dict(vars(config))
+
+
+def bootstrap_reduce_deep(*, device: str) -> int | None:
+    """`reduce_deep` of the ILD-FFN trained for the library (setting
+    `ILDREVIEW_BOOTSTRAP_REDUCE_DEEP`): "auto" keeps the paper's full correlation map on a GPU and
+    reduces the deep vector to 32 dimensions before the outer product on a CPU, where the full
+    1280 x 102 map makes a first install take many minutes; "none" always keeps the full map."""
+    value = str(settings.ILDREVIEW_BOOTSTRAP_REDUCE_DEEP).strip().lower()
+    if value == "auto":
+        return None if device.startswith("cuda") else 32
+    if value in ("", "none", "0"):
+        return None
+    return int(value)
