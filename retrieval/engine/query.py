@@ -47,6 +47,10 @@ DEFAULT_K_SLICES = 20
 AGGREGATES = ("sum", "max")
 
 
+# Case scores are compared to this many decimals when ranking cases.
+SCORE_DECIMALS = 5
+
+
 @dataclass
 class SliceHit:
     """One retrieved reference slice for one query slice."""
@@ -164,7 +168,15 @@ def _aggregate(used: list[list[SliceHit]], aggregate: str) -> list[CaseHit]:
                 best_score=float(best),
             )
         )
-    cases.sort(key=lambda c: (-c.score, -c.best_score, c.case_id))
+    # Scores equal up to float noise (embeddings recomputed on a replayed run can differ in
+    # the last bits) rank by case id, so the same query gives the same order every time.
+    cases.sort(
+        key=lambda c: (
+            -round(c.score, SCORE_DECIMALS),
+            -round(c.best_score, SCORE_DECIMALS),
+            c.case_id,
+        )
+    )
     return cases
 
 
