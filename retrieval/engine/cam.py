@@ -75,7 +75,10 @@ def similarity_cam(model, query, other) -> np.ndarray:
     wrapper = _EmbeddingWithFixedRadiomics(backbone, head, rad).to(device)
     # The backbone may be frozen (requires_grad False): ask for the input gradient so that the
     # target layer's activations are part of the autograd graph and Grad-CAM gets gradients.
-    was_training = wrapper.training
+    # Remember the modes of the modules themselves: a fresh wrapper reports training=True, and
+    # restoring that would leave the cached model in train mode (BatchNorm on batch statistics,
+    # running statistics updated), changing every embedding computed after the first CAM.
+    modes = [(m, m.training) for m in (backbone, head)]
     requires = [p.requires_grad for p in wrapper.parameters()]
     x = images_to_tensor([query.image], size=model.config.get("input_size")).to(device)
     try:
@@ -83,7 +86,8 @@ def similarity_cam(model, query, other) -> np.ndarray:
             cam.compute_input_gradient = True
             heat = cam(input_tensor=x, targets=[SimilarityToEmbeddingTarget(other_emb)])[0]
     finally:
-        wrapper.train(was_training)
+        for module, mode in modes:
+            module.train(mode)
         for p, r in zip(wrapper.parameters(), requires, strict=True):
             p.requires_grad_(r)
     heat = np.nan_to_num(np.asarray(heat, dtype=np.float32), nan=0.0)

@@ -96,3 +96,35 @@ def test_cam_follows_a_focal_lesion_from_left_to_right_lung():
         half_right = heat[:, size // 2 :].mean()
         ratios[name] = half_left / max(half_right, 1e-6)
     assert ratios["left"] > ratios["right"]
+
+
+def test_cam_leaves_the_model_in_eval_mode_and_its_embeddings_unchanged():
+    import numpy as np
+
+    from cases.phantom import chest_phantom
+    from retrieval.engine.artefact import RetrievalModel
+    from retrieval.engine.backbones import build_backbone
+    from retrieval.engine.cam import similarity_cam
+    from retrieval.engine.fusion import ProjectionHead
+    from retrieval.engine.preprocess import prepare_slice
+    from retrieval.engine.radiomics import RadiomicsExtractor
+
+    backbone = build_backbone("efficientnet_lite0", weights="random")
+    head = ProjectionHead(backbone.out_dim, 16).eval()
+    model = RetrievalModel.from_parts(
+        backbone=backbone,
+        radiomics=RadiomicsExtractor(),
+        standardizer=None,
+        head=head,
+        class_names=["a", "b"],
+        config={"fusion": "deep", "size": 64},
+        metrics={},
+    )
+    slices = [
+        prepare_slice(chest_phantom(size=64, pattern=p, seed=1)[0], is_windowed=False, size=64)
+        for p in ("normal", "consolidation")
+    ]
+    before = model.embed_prepared(slices)
+    similarity_cam(model, slices[0], slices[1])
+    assert not backbone.training and not head.training
+    np.testing.assert_allclose(model.embed_prepared(slices), before, atol=1e-6)
