@@ -88,24 +88,29 @@ def study_enqueue_processing(*, study: Study) -> StudyJob:
         locked = Study.objects.select_for_update().get(pk=study.pk)
         if not locked.can_transition(Study.Status.PROCESSING):
             raise ValueError(f"study {study.pk} cannot be processed from status {locked.status}")
-        locked.status = Study.Status.PROCESSING
-        locked.status_message = ""
-        locked.progress_stage = "queued"
-        locked.progress_percent = 0
-        locked.save(
-            update_fields=[
-                "status",
-                "status_message",
-                "progress_stage",
-                "progress_percent",
-                "updated_at",
-            ]
-        )
+        _study_status_set(locked, status=Study.Status.PROCESSING, stage="queued", percent=0)
         job = _job_new_run(study_id=locked.pk, model_version=model_version_active())
         run_id = job.run_id
         transaction.on_commit(lambda: _publish(study_id=locked.pk, run_id=run_id))
     study.refresh_from_db()
     return job
+
+
+def _study_status_set(study: Study, *, status: str, stage: str, percent: int) -> None:
+    """Set status and progress of a locked study, clearing any failure message."""
+    study.status = status
+    study.status_message = ""
+    study.progress_stage = stage
+    study.progress_percent = percent
+    study.save(
+        update_fields=[
+            "status",
+            "status_message",
+            "progress_stage",
+            "progress_percent",
+            "updated_at",
+        ]
+    )
 
 
 def _job_new_run(*, study_id: int, model_version: ModelVersion | None) -> StudyJob:
@@ -414,19 +419,7 @@ def study_finish(*, study_id: int, run_id: str) -> bool:
         study = Study.objects.select_for_update().get(pk=study_id)
         if job is None or job.run_id != run_id or study.status != Study.Status.PROCESSING:
             return False
-        study.status = Study.Status.READY_FOR_REVIEW
-        study.status_message = ""
-        study.progress_stage = "done"
-        study.progress_percent = 100
-        study.save(
-            update_fields=[
-                "status",
-                "status_message",
-                "progress_stage",
-                "progress_percent",
-                "updated_at",
-            ]
-        )
+        _study_status_set(study, status=Study.Status.READY_FOR_REVIEW, stage="done", percent=100)
         job.stage = "done"
         job.state = StudyJob.State.DONE
         job.finished_at = timezone.now()
