@@ -104,6 +104,17 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+# SQLite under concurrent requests: WAL lets readers run while one connection writes; IMMEDIATE
+# takes the write lock at BEGIN, so a transaction never fails half-way with "database is
+# locked" when it upgrades a read lock; the busy timeout (seconds) makes writers wait their turn.
+# Options given in DATABASE_URL (e.g. `?timeout=60`) win.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    _sqlite_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _sqlite_options.setdefault("transaction_mode", "IMMEDIATE")
+    _sqlite_options.setdefault("timeout", env.float("SQLITE_BUSY_TIMEOUT_S", default=30.0))
+    _sqlite_options.setdefault(
+        "init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    )
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
@@ -205,6 +216,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 25,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+# A study still "uploaded" this long after its last change (its upload committed, but it was
+# never queued) is queued by the recovery sweep.
+ILDREVIEW_UPLOADED_GRACE_S = env.int("ILDREVIEW_UPLOADED_GRACE_S", default=300)
 SPECTACULAR_SETTINGS = {
     "TITLE": "ildreview API",
     "DESCRIPTION": "Upload lung CT studies, read similar-case results, label and approve cases.",

@@ -19,7 +19,7 @@ import hashlib
 import io
 import logging
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +58,10 @@ class ImportResult:
     studies: list[Study] = field(default_factory=list)
     created: list[bool] = field(default_factory=list)
     new_series: list[int] = field(default_factory=list)
+
+
+# Called with the import's result inside its transaction, before the commit.
+BeforeCommit = Callable[[ImportResult], None]
 
 
 # ---------------------------------------------------------------- pseudonyms
@@ -297,7 +301,9 @@ def _media_delete(names: Iterable[str]) -> None:
             logger.exception("could not remove %s after a failed import", name)
 
 
-def _studies_store(*, studies: list[CtStudy], uploader, source: str) -> ImportResult:
+def _studies_store(
+    *, studies: list[CtStudy], uploader, source: str, before_commit: BeforeCommit | None = None
+) -> ImportResult:
     written: list[str] = []
     result = ImportResult()
     try:
@@ -312,6 +318,10 @@ def _studies_store(*, studies: list[CtStudy], uploader, source: str) -> ImportRe
                 result.new_series.append(new)
     except IntegrityError as exc:
         _media_delete(written)
+            if before_commit is not None:
+                # In the same transaction: what it writes (the processing job) commits with
+                # the rows, and its failure removes rows and files alike.
+                before_commit(result)
         # Only a concurrent import of the same UIDs gets past the checks in `_study_plan`.
         raise IngestionError(
             studies[0].series[0].instances[0].name,
@@ -323,7 +333,15 @@ def _studies_store(*, studies: list[CtStudy], uploader, source: str) -> ImportRe
     return result
 
 
-def _import(*, files_of, inputs: str, uploader, source: str, one_series: bool = False):
+def _import(
+    *,
+    files_of,
+    inputs: str,
+    uploader,
+    source: str,
+    one_series: bool = False,
+    before_commit: BeforeCommit | None = None,
+):
     """Collect (through `files_of(workdir)`), validate, then store; DicomInputError becomes
     IngestionError."""
     try:
@@ -334,7 +352,9 @@ def _import(*, files_of, inputs: str, uploader, source: str, one_series: bool = 
                 count = sum(len(s.series) for s in studies)
                 if count != 1:
                     raise DicomInputError(inputs, f"expected one DICOM series, found {count}")
-            return _studies_store(studies=studies, uploader=uploader, source=source)
+            return _studies_store(
+                studies=studies, uploader=uploader, source=source, before_commit=before_commit
+            )
     except DicomInputError as exc:
         raise IngestionError(exc.filename, exc.reason) from exc
 
@@ -357,9 +377,15 @@ def study_import_paths(
     return _import(files_of=files_of, inputs=inputs, uploader=uploader, source=source)
 
 
-def study_import_uploads(*, files: list[UploadedFile], uploader: AbstractBaseUser) -> ImportResult:
+def study_import_uploads(
+    *,
+    files: list[UploadedFile],
+    uploader: AbstractBaseUser,
+    before_commit: BeforeCommit | None = None,
+) -> ImportResult:
     """Import uploaded files (DICOM with or without .dcm, or zip archives) from the browser or
-    the API. The total size is checked against `ILDREVIEW_MAX_UPLOAD_BYTES` first."""
+    the API. The total size is checked against `ILDREVIEW_MAX_UPLOAD_BYTES` first.
+    `before_commit(result)` runs inside the import's transaction after the rows are written."""
     limit = settings.ILDREVIEW_MAX_UPLOAD_BYTES
     total = sum(f.size or 0 for f in files)
     names = ", ".join(Path(f.name or "upload").name for f in files) or "(no files)"
@@ -385,7 +411,13 @@ def study_import_uploads(*, files: list[UploadedFile], uploader: AbstractBaseUse
             found.extend(_file_expand(name=name, path=path, workdir=workdir))
         return found
 
-    return _import(files_of=files_of, inputs=names, uploader=uploader, source=Study.Source.UPLOAD)
+    return _import(
+        files_of=files_of,
+        inputs=names,
+        uploader=uploader,
+        source=Study.Source.UPLOAD,
+        before_commit=before_commit,
+    )
 
 
 def series_import_folder(*, folder: Path, uploader: AbstractBaseUser, source: str) -> ImportResult:

@@ -11,14 +11,22 @@ from cases.services.ingestion import ImportResult, study_import_uploads
 
 def study_upload(*, files: list[UploadedFile], uploader: AbstractBaseUser) -> ImportResult:
     """Import uploaded DICOM files/zips and queue every study that has not been processed yet
-    (status still `uploaded`). Raises `IngestionError` on bad input with nothing saved."""
+    (status still `uploaded`). Raises `IngestionError` on bad input with nothing saved.
+
+    All or nothing: the processing job is created in the import's own transaction, so a
+    client that gets an error has no saved study and one that gets a success has its study
+    queued exactly once; the broker message is sent after the commit (a lost one is re-sent
+    by the recovery sweep, `retrieval.pipeline.recovery`)."""
     # Imported here: the retrieval app depends on the cases app, not the other way round.
     from retrieval.pipeline.services import study_enqueue_processing
 
-    result = study_import_uploads(files=files, uploader=uploader)
-    pks = [study.pk for study in result.studies]
-    for study in Study.objects.filter(pk__in=pks, status=Study.Status.UPLOADED):
-        study_enqueue_processing(study=study)
+    def enqueue_unprocessed(result: ImportResult) -> None:
+        pks = [study.pk for study in result.studies]
+        pending = Study.objects.filter(pk__in=pks, status=Study.Status.UPLOADED).order_by("pk")
+        for study in pending:
+            study_enqueue_processing(study=study)
+
+    result = study_import_uploads(files=files, uploader=uploader, before_commit=enqueue_unprocessed)
     for study in result.studies:
         study.refresh_from_db()
     return result

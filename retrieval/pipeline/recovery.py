@@ -10,10 +10,14 @@ back. So workers also recover on their own:
 - every `ILDREVIEW_RECOVERY_INTERVAL_S` (a thread in the worker's main process), any job
   `running` with a heartbeat older than `ILDREVIEW_STALE_AFTER_S`, or `queued` with a heartbeat
   older than `ILDREVIEW_QUEUED_STALE_AFTER_S` (a message lost by a broker without
-  redelivery), is re-enqueued.
+  redelivery), is re-enqueued; so is a `queued` job without heartbeat at once (its message
+  was never sent: the broker refused it right after the commit, see `services._publish`);
+- a study still `uploaded` (committed by an upload but never queued: no job, or a job whose
+  run never started) `ILDREVIEW_UPLOADED_GRACE_S` after its last change is queued.
 
 Re-enqueueing starts a new run (new run_id) under a row lock, so two workers sweeping at once
 re-enqueue a study once, and the old run's message, if it is ever redelivered, is a no-op.
+Queueing an uploaded study locks its row and re-checks its status first, for the same reason.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ def stale_jobs_requeue(
     stale_queued = now - timedelta(
         seconds=getattr(settings, "ILDREVIEW_QUEUED_STALE_AFTER_S", 3600)
     )
-    cond = Q(state=StudyJob.State.RUNNING, heartbeat_at__lt=stale_running) | Q(
-        state=StudyJob.State.QUEUED, heartbeat_at__lt=stale_queued
+    cond = (
+        Q(state=StudyJob.State.RUNNING, heartbeat_at__lt=stale_running)
+        | Q(state=StudyJob.State.QUEUED, heartbeat_at__lt=stale_queued)
+        | Q(state=StudyJob.State.QUEUED, heartbeat_at__isnull=True)
     )
     if hostname and started:
         cond |= Q(state=StudyJob.State.RUNNING, worker=hostname, heartbeat_at__lt=started)
@@ -57,7 +63,39 @@ def stale_jobs_requeue(
             requeued.append(study_id)
     if requeued:
         logger.warning("re-enqueued studies whose worker was lost: %s", requeued)
-    return requeued
+    return requeued + uploaded_studies_enqueue()
+
+
+def uploaded_studies_enqueue() -> list[int]:
+    """Queue uploaded studies left unqueued past the grace period; returns their ids."""
+    grace = timedelta(seconds=getattr(settings, "ILDREVIEW_UPLOADED_GRACE_S", 300))
+    candidates = Study.objects.filter(
+        status=Study.Status.UPLOADED,
+        source=Study.Source.UPLOAD,
+        updated_at__lt=timezone.now() - grace,
+    ).order_by("pk")
+    queued = []
+    for study_id in candidates.values_list("pk", flat=True):
+        if _uploaded_enqueue_one(study_id=study_id):
+            queued.append(study_id)
+    if queued:
+        logger.warning("queued uploaded studies that were never queued: %s", queued)
+    return queued
+
+
+def _uploaded_enqueue_one(*, study_id: int) -> bool:
+    from retrieval.pipeline.services import study_enqueue_processing
+
+    with transaction.atomic():
+        study = (
+            Study.objects.select_for_update()
+            .filter(pk=study_id, status=Study.Status.UPLOADED)
+            .first()
+        )
+        if study is None:  # queued by another sweep or a user meanwhile
+            return False
+        study_enqueue_processing(study=study)
+    return True
 
 
 def _requeue_one(*, job_id: int, run_id: str) -> int | None:

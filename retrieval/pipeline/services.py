@@ -80,7 +80,8 @@ def study_enqueue_processing(*, study: Study) -> StudyJob:
 
     Moves the study to `processing` (stage "queued"), starts a new run (new `run_id`, so any
     message of an older run becomes a no-op) pinned to the active model version, and publishes
-    the stage chain on commit. Raises ValueError when the status machine forbids it.
+    the stage chain on commit. Raises ValueError when the status machine forbids it. Inside
+    an outer transaction (an upload) the job commits or rolls back with it.
     """
     from retrieval.selectors import model_version_active
 
@@ -131,9 +132,23 @@ def _job_new_run(*, study_id: int, model_version: ModelVersion | None) -> StudyJ
 
 
 def _publish(*, study_id: int, run_id: str) -> None:
+    """Send the run's stage chain to the broker (called on commit). When the broker refuses
+    it, the committed job is left queued with no heartbeat, which the recovery sweep takes as
+    "never sent" and sends again; the upload itself has succeeded and stays so."""
     from retrieval.tasks import study_pipeline_signature
 
-    study_pipeline_signature(study_id=study_id, run_id=run_id).apply_async()
+    signature = study_pipeline_signature(study_id=study_id, run_id=run_id)
+    try:
+        signature.apply_async()
+    except Exception:
+        if signature.app.conf.task_always_eager:
+            raise  # eager mode ran the stages here: this is their own error
+        logger.exception(
+            "study %s: run %s not sent to the broker; recovery resends it", study_id, run_id
+        )
+        StudyJob.objects.filter(
+            study_id=study_id, run_id=run_id, state=StudyJob.State.QUEUED
+        ).update(heartbeat_at=None)
 
 
 # ---------------------------------------------------------------------------------------------
