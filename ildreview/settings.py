@@ -98,12 +98,6 @@ DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
 DATABASES["default"].setdefault("ATOMIC_REQUESTS", False)
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-
-AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
-    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 # SQLite under concurrent requests: WAL lets readers run while one connection writes; IMMEDIATE
 # takes the write lock at BEGIN, so a transaction never fails half-way with "database is
 # locked" when it upgrades a read lock; the busy timeout (seconds) makes writers wait their turn.
@@ -115,6 +109,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     _sqlite_options.setdefault(
         "init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
     )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
@@ -196,6 +196,9 @@ ILDREVIEW_LONG_SOFT_TIME_LIMIT_S = env.int("ILDREVIEW_LONG_SOFT_TIME_LIMIT_S", d
 ILDREVIEW_STALE_AFTER_S = env.int("ILDREVIEW_STALE_AFTER_S", default=300)
 ILDREVIEW_QUEUED_STALE_AFTER_S = env.int("ILDREVIEW_QUEUED_STALE_AFTER_S", default=3600)
 ILDREVIEW_RECOVERY_INTERVAL_S = env.int("ILDREVIEW_RECOVERY_INTERVAL_S", default=60)
+# A study still "uploaded" this long after its last change (its upload committed, but it was
+# never queued) is queued by the recovery sweep.
+ILDREVIEW_UPLOADED_GRACE_S = env.int("ILDREVIEW_UPLOADED_GRACE_S", default=300)
 # Torch intra-op threads per worker process: 1 by default, because several processes (web,
 # worker, other workers) share the CPU and oversubscribed OpenMP threads are up to 20x slower.
 ILDREVIEW_TORCH_THREADS = env.int("ILDREVIEW_TORCH_THREADS", default=1)
@@ -216,9 +219,6 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 25,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
-# A study still "uploaded" this long after its last change (its upload committed, but it was
-# never queued) is queued by the recovery sweep.
-ILDREVIEW_UPLOADED_GRACE_S = env.int("ILDREVIEW_UPLOADED_GRACE_S", default=300)
 SPECTACULAR_SETTINGS = {
     "TITLE": "ildreview API",
     "DESCRIPTION": "Upload lung CT studies, read similar-case results, label and approve cases.",

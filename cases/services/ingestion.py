@@ -316,12 +316,12 @@ def _studies_store(
                 result.studies.append(study)
                 result.created.append(created)
                 result.new_series.append(new)
-    except IntegrityError as exc:
-        _media_delete(written)
             if before_commit is not None:
                 # In the same transaction: what it writes (the processing job) commits with
                 # the rows, and its failure removes rows and files alike.
                 before_commit(result)
+    except IntegrityError as exc:
+        _media_delete(written)
         # Only a concurrent import of the same UIDs gets past the checks in `_study_plan`.
         raise IngestionError(
             studies[0].series[0].instances[0].name,
