@@ -11,6 +11,8 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html_join
 
 from cases.models import (
     AuditEvent,
@@ -132,6 +134,16 @@ class SliceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ("series",)
     # Slice tables are large; skip the unfiltered count query.
     show_full_result_count = False
+    # The stored files by the slice's id (the file field itself would link to a storage key).
+    exclude = ("pixels",)
+    readonly_fields = ("files",)
+
+    @admin.display(description="Files")
+    def files(self, obj: Slice) -> str:
+        links = [(reverse("api-file-slice-npy", args=[obj.pk]), "HU pixels (.npy)")]
+        if obj.series.dicom_dir:
+            links.append((reverse("api-file-slice-dcm", args=[obj.pk]), "DICOM copy"))
+        return format_html_join(" · ", '<a href="{}">{}</a>', links)
 
 
 @admin.register(Diagnosis)

@@ -107,7 +107,7 @@ class Series(models.Model):
     rows = models.PositiveIntegerField(default=0)
     columns = models.PositiveIntegerField(default=0)
     slice_count = models.PositiveIntegerField(default=0)
-    # Where the de-identified DICOM copy of this series lives, relative to MEDIA_ROOT.
+    # Storage key (folder) of the de-identified DICOM copy of this series (`series_dicom_dir`).
     dicom_dir = models.CharField(max_length=255, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -119,8 +119,29 @@ class Series(models.Model):
         return f"{self.description or self.series_instance_uid} ({self.slice_count} slices)"
 
 
+# Storage keys are built from database ids only, never from strings of the uploaded DICOM: a
+# UID such as "<victim UID>/." must not be able to name (and overwrite) another study's files.
+def series_media_prefix(*, study_id: int, series_id: int) -> str:
+    """Folder of one series' files: `studies/<study pk>/series/<series pk>`."""
+    return f"studies/{int(study_id)}/series/{int(series_id)}"
+
+
+def series_dicom_dir(*, series: Series) -> str:
+    """Folder of the series' de-identified DICOM copies (`.../dicom/<index>.dcm`)."""
+    return f"{series_media_prefix(study_id=series.study_id, series_id=series.pk)}/dicom"
+
+
+def slice_dicom_name(*, slice_: Slice) -> str:
+    """Storage key of one slice's de-identified DICOM copy; "" when the series has none
+    (reference images imported from PNG/JPEG)."""
+    dicom_dir = slice_.series.dicom_dir
+    return f"{dicom_dir}/{slice_.index:04d}.dcm" if dicom_dir else ""
+
+
 def slice_upload_to(instance: Slice, filename: str) -> str:
-    return f"slices/{instance.series.series_instance_uid}/{filename}"
+    """Storage key of a slice's HU pixels: `studies/<study pk>/series/<series pk>/hu/<name>`."""
+    prefix = series_media_prefix(study_id=instance.series.study_id, series_id=instance.series_id)
+    return f"{prefix}/hu/{filename}"
 
 
 class Slice(models.Model):

@@ -90,32 +90,6 @@ def slice_get_visible(*, user: Any, pk: int) -> Slice:
     return slice_
 
 
-def media_path_study(*, path: str) -> Study | None:
-    """The study a file under MEDIA_ROOT belongs to, from the layout the services write:
-    `slices/<SeriesInstanceUID>/...` (HU pixels), `dicom/<StudyInstanceUID>/...` (the
-    de-identified copy) and `results/<study id>/...` (similar-case overlays); None otherwise."""
-    parts = path.strip("/").split("/")
-    if len(parts) < 3:
-        return None
-    kind, key = parts[0], parts[1]
-    if kind == "slices":
-        return Study.objects.filter(series__series_instance_uid=key).first()
-    if kind == "dicom":
-        return Study.objects.filter(study_instance_uid=key).first()
-    if kind == "results" and key.isdigit():
-        return Study.objects.filter(pk=int(key)).first()
-    return None
-
-
-def media_visible(*, user: Any, path: str) -> bool:
-    """Whether `user` may download the media file `path`: files of a study follow the study's
-    visibility; files outside the known layout are for experts and admins only."""
-    study = media_path_study(path=path)
-    if study is None:
-        return permissions.sees_all_studies(user)
-    return permissions.can_view_study(user, study)
-
-
 def series_list(*, study: Study) -> list[Series]:
     """The study's series in series-number order."""
     return list(study.series.order_by("series_number", "id"))

@@ -131,6 +131,20 @@ STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_URL = "media/"
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "media")
+# Stored files (slice pixels, DICOM copies, overlays) are read and written only through Django's
+# storage API and served by id (cases/api/files.py), never from MEDIA_URL. Default: the local
+# MEDIA_ROOT folder. A deployment whose workers run on other machines names a shared backend,
+# e.g. S3-compatible storage through django-storages (installed separately), with its options
+# as JSON (see .env.example and the README).
+STORAGES = {
+    "default": {
+        "BACKEND": env.str(
+            "MEDIA_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
+        ),
+        "OPTIONS": env.json("MEDIA_STORAGE_OPTIONS", default={}),
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 
 # Upload limits: the whole request, one file, and what a zip may expand to.
 ILDREVIEW_MAX_UPLOAD_BYTES = env.int("ILDREVIEW_MAX_UPLOAD_BYTES", default=1024 * 1024 * 1024)

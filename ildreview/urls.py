@@ -1,12 +1,9 @@
 """Top-level URL configuration."""
 
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.http import HttpResponse
 from django.urls import include, path
-
-from cases.views.media import protected_media
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -15,7 +12,6 @@ urlpatterns = [
     path("healthz", lambda request: HttpResponse("ok"), name="healthz"),
     path("api/", include("ildreview.api_urls")),
     path("retrieval/", include("retrieval.urls")),
-    path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", protected_media, name="media"),
     path("", include("cases.urls")),
     path("", include("cases.urls_review")),
 ]

@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from cases.admin import ReadOnlyAdminMixin
 from retrieval.models import (
@@ -159,6 +159,18 @@ class SimilarCaseAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "reference_case__study__patient__display_id",
     )
     list_select_related = ("result", "reference_case")
+    # The overlays by the similar case's id (the file fields would link to storage keys).
+    exclude = ("query_cam", "reference_cam")
+    readonly_fields = ("cams",)
+
+    @admin.display(description="CAM overlays")
+    def cams(self, obj: SimilarCase) -> str:
+        links = [
+            (reverse("api-file-similar-case-cam", args=[obj.pk, side]), side)
+            for side, field in (("query", obj.query_cam), ("reference", obj.reference_cam))
+            if field
+        ]
+        return format_html_join(" · ", '<a href="{}">{}</a>', links) or "-"
 
 
 class TrainingStartForm(forms.Form):

@@ -296,3 +296,26 @@ def stored_cam_name(*, study: Study, query_slice_id: int, reference_slice_id: in
         return None
     field_file = case.query_cam if side == "query" else case.reference_cam
     return field_file.name or None
+
+
+def similar_case_get_visible(*, user, pk: int, side: str) -> SimilarCase:
+    """The similar case `pk` if `user` may see the CAM overlay of its `side`, else Http404:
+    the same rule as the review page's overlay (`cases.views.review_page.review_cam`): the
+    study the result answers must be visible, and for the reference side the reference slice's
+    study too (an approved reference case is; a retired one no longer is for clinicians)."""
+    from django.http import Http404
+
+    from cases.permissions import can_view_study
+
+    case = (
+        SimilarCase.objects.select_related("result__study", "reference_slice__series__study")
+        .filter(pk=pk)
+        .first()
+    )
+    if case is None or side not in ("query", "reference"):
+        raise Http404("No such overlay.")
+    if not can_view_study(user, case.result.study):
+        raise Http404("No such overlay.")
+    if side == "reference" and not can_view_study(user, case.reference_slice.series.study):
+        raise Http404("No such overlay.")
+    return case

@@ -233,17 +233,20 @@ class SimilarCaseSerializer(serializers.Serializer):
     query_cam_url = serializers.SerializerMethodField()
     reference_cam_url = serializers.SerializerMethodField()
 
-    def _file_url(self, field) -> str | None:
-        if not field:
+    def _file_url(self, case, side: str) -> str | None:
+        # The overlay by the similar case's id (never its storage key); None before the
+        # explain stage stored it.
+        if not (case.query_cam if side == "query" else case.reference_cam):
             return None
+        url = reverse("api-file-similar-case-cam", args=[case.pk, side])
         request = self.context.get("request")
-        return request.build_absolute_uri(field.url) if request else field.url
+        return request.build_absolute_uri(url) if request else url
 
     def get_query_cam_url(self, case) -> str | None:
-        return self._file_url(case.query_cam)
+        return self._file_url(case, "query")
 
     def get_reference_cam_url(self, case) -> str | None:
-        return self._file_url(case.reference_cam)
+        return self._file_url(case, "reference")
 
 
 class StudyResultSerializer(serializers.Serializer):

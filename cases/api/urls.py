@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from cases.api import views
+from cases.api import files, views
 
 urlpatterns = [
     path("auth/token/", views.TokenObtainView.as_view(), name="api-token"),
@@ -31,5 +31,13 @@ urlpatterns = [
         "reference-cases/<int:pk>/retire/",
         views.ReferenceCaseRetireView.as_view(),
         name="api-reference-case-retire",
+    ),
+    # Stored files, by the id of their row (cases/api/files.py).
+    path("files/slices/<int:pk>.npy", files.SlicePixelsView.as_view(), name="api-file-slice-npy"),
+    path("files/slices/<int:pk>.dcm", files.SliceDicomView.as_view(), name="api-file-slice-dcm"),
+    path(
+        "files/similar-cases/<int:pk>/<slug:side>.png",
+        files.SimilarCaseCamView.as_view(),
+        name="api-file-similar-case-cam",
     ),
 ]

@@ -35,7 +35,7 @@ from cases.dicom import DicomInputError
 from cases.dicom.archive import ExtractedFile, looks_like_zip, zip_extract
 from cases.dicom.deid import dataset_deidentify
 from cases.dicom.reading import CtSeries, CtStudy, ct_instance_read, ct_studies_group, ignored_file
-from cases.models import Patient, Series, Slice, Study
+from cases.models import Patient, Series, Slice, Study, series_dicom_dir
 from cases.services.audit import audit_event_record
 
 logger = logging.getLogger(__name__)
@@ -205,7 +205,8 @@ def _npy_bytes(hu: np.ndarray) -> bytes:
 
 
 def _media_save(name: str, content: bytes, written: list[str]) -> str:
-    # The name is ours (UID paths); a leftover file from a deleted series is replaced.
+    # The name is ours (ids of rows this transaction created); a leftover file of a rolled-back
+    # import that got the same ids is replaced.
     if default_storage.exists(name):
         default_storage.delete(name)
     saved = default_storage.save(name, ContentFile(content))
@@ -214,7 +215,6 @@ def _media_save(name: str, content: bytes, written: list[str]) -> str:
 
 
 def _series_write(*, study: Study, cs: CtSeries, label: str, written: list[str]) -> Series:
-    dicom_dir = f"dicom/{study.study_instance_uid}/{cs.series_uid}"
     series = Series.objects.create(
         study=study,
         series_instance_uid=cs.series_uid,
@@ -228,8 +228,10 @@ def _series_write(*, study: Study, cs: CtSeries, label: str, written: list[str])
         rows=cs.rows,
         columns=cs.columns,
         slice_count=len(cs.instances),
-        dicom_dir=dicom_dir,
     )
+    # Storage keys come from the new row's ids, never from the DICOM's UIDs.
+    dicom_dir = series.dicom_dir = series_dicom_dir(series=series)
+    series.save(update_fields=["dicom_dir"])
     rows = []
     for index, (inst, z) in enumerate(zip(cs.instances, cs.z_positions, strict=True)):
         row = Slice(

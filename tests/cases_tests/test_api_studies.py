@@ -345,7 +345,9 @@ def test_results_list_similar_cases_scores_votes_and_cam_urls(api, clinician):
     assert cases[0]["study"] == references[0].study_id
     assert cases[0]["reference_slice"]["id"] == ref_slices[0].pk
     assert cases[0]["reference_slice"]["image_url"].endswith(f"/slices/{ref_slices[0].pk}.png")
-    assert cases[0]["query_cam_url"].startswith("http://testserver/media/results/")
+    assert cases[0]["query_cam_url"] == (
+        f"http://testserver/api/files/similar-cases/{result.cases.get(rank=1).pk}/query.png"
+    )
     assert cases[1]["query_cam_url"] is None
     # The CAM URL is served to the logged-in user.
     cam = APIClient()

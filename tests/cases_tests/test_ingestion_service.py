@@ -92,14 +92,15 @@ def test_import_stores_study_series_and_slices_in_position_order(user, two_serie
         assert hu.dtype == np.int16
         np.testing.assert_array_equal(hu, expected)
         assert (s.hu_min, s.hu_max) == (float(expected.min()), float(expected.max()))
-    assert slices[0].pixels.name == f"slices/{a.series_uid}/0000.npy"
+    # Storage keys are made of row ids, never of the DICOM's UIDs.
+    assert slices[0].pixels.name == f"studies/{study.pk}/series/{first.pk}/hu/0000.npy"
 
 
 def test_import_stores_deidentified_dicom_copies(user, two_series):
     folder, a, _ = two_series
     [study] = study_import_paths(paths=[folder], uploader=user).studies
     series = study.series.get(series_instance_uid=a.series_uid)
-    assert series.dicom_dir == f"dicom/{a.study_uid}/{a.series_uid}"
+    assert series.dicom_dir == f"studies/{study.pk}/series/{series.pk}/dicom"
     copies = sorted((Path(settings.MEDIA_ROOT) / series.dicom_dir).iterdir())
     assert [p.name for p in copies] == ["0000.dcm", "0001.dcm", "0002.dcm"]
     ds = pydicom.dcmread(copies[1])

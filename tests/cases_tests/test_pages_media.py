@@ -1,5 +1,6 @@
-"""Media downloads follow the study's visibility: a clinician never gets another clinician's
-slice pixels, de-identified DICOM copy or result overlays."""
+"""Stored files are downloaded by the id of their row and follow the study's visibility: a
+clinician never gets another clinician's slice pixels, de-identified DICOM copy or result
+overlays (cases/api/files.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.urls import reverse
 
-from cases.models import ReferenceCase
-from tests.factories import ReferenceCaseFactory, SliceFactory, StudyFactory, UserFactory
+from cases.models import ReferenceCase, series_dicom_dir
+from retrieval.models import ModelVersion, SimilarCase, StudyResult
+from tests.factories import ReferenceCaseFactory, SliceFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -24,12 +26,49 @@ def bob():
     return UserFactory(username="bob", role="Clinician")
 
 
-def media_url(name: str) -> str:
-    return reverse("media", args=[name])
-
-
 def body(response) -> bytes:
     return b"".join(response.streaming_content)
+
+
+def npy_url(slice_) -> str:
+    return reverse("api-file-slice-npy", args=[slice_.pk])
+
+
+def dcm_url(slice_) -> str:
+    return reverse("api-file-slice-dcm", args=[slice_.pk])
+
+
+def cam_url(case, side: str) -> str:
+    return reverse("api-file-similar-case-cam", args=[case.pk, side])
+
+
+def with_dicom_copy(slice_, content: bytes = b"DICM copy"):
+    series = slice_.series
+    series.dicom_dir = series_dicom_dir(series=series)
+    series.save(update_fields=["dicom_dir"])
+    default_storage.save(f"{series.dicom_dir}/{slice_.index:04d}.dcm", ContentFile(content))
+    return slice_
+
+
+def similar_case(*, query_owner, reference_state=ReferenceCase.State.APPROVED) -> SimilarCase:
+    """A stored result of a study of `query_owner` whose rank-1 case has both overlays."""
+    query = SliceFactory(series__study__uploaded_by=query_owner)
+    reference = ReferenceCaseFactory(state=reference_state)
+    ref_slice = SliceFactory(series__study=reference.study)
+    version = ModelVersion.objects.create(name="v1", artefact_dir="x", backbone="b")
+    result = StudyResult.objects.create(study=query.series.study, model_version=version)
+    case = SimilarCase(
+        result=result,
+        rank=1,
+        reference_case=reference,
+        score=0.9,
+        query_slice=query,
+        reference_slice=ref_slice,
+    )
+    case.query_cam.save("rank01-query.png", ContentFile(b"\x89PNG query"), save=False)
+    case.reference_cam.save("rank01-reference.png", ContentFile(b"\x89PNG ref"), save=False)
+    case.save()
+    return case
 
 
 def test_clinician_downloads_own_slice_but_gets_404_for_another_clinicians(client, alice, bob):
@@ -37,40 +76,86 @@ def test_clinician_downloads_own_slice_but_gets_404_for_another_clinicians(clien
     other = SliceFactory(series__study__uploaded_by=bob)
     client.force_login(alice)
 
-    response = client.get(media_url(own.pixels.name))
+    response = client.get(npy_url(own))
     assert response.status_code == 200 and body(response).startswith(b"\x93NUMPY")
-    assert client.get(media_url(other.pixels.name)).status_code == 404
+    assert client.get(npy_url(other)).status_code == 404
 
 
-def test_dicom_copy_and_result_overlays_follow_their_study(client, alice, bob):
-    study = StudyFactory(uploaded_by=bob)
-    dicom = default_storage.save(
-        f"dicom/{study.study_instance_uid}/1.2.3/0000.dcm", ContentFile(b"DICM")
-    )
-    overlay = default_storage.save(f"results/{study.pk}/1/rank01-query.png", ContentFile(b"png"))
+def test_dicom_copy_follows_its_study(client, alice, bob):
+    slice_ = with_dicom_copy(SliceFactory(series__study__uploaded_by=bob), b"DICM bob")
 
     client.force_login(alice)
-    assert client.get(media_url(dicom)).status_code == 404
-    assert client.get(media_url(overlay)).status_code == 404
+    assert client.get(dcm_url(slice_)).status_code == 404
 
     client.force_login(bob)
-    assert client.get(media_url(dicom)).status_code == 200
-    assert client.get(media_url(overlay)).status_code == 200
+    response = client.get(dcm_url(slice_))
+    assert response.status_code == 200 and body(response) == b"DICM bob"
+    assert response["Content-Type"] == "application/dicom"
 
     client.force_login(UserFactory(role="Expert"))
-    assert client.get(media_url(overlay)).status_code == 200
+    assert client.get(dcm_url(slice_)).status_code == 200
+
+
+def test_a_slice_without_dicom_copy_answers_404(client, alice):
+    slice_ = SliceFactory(series__study__uploaded_by=alice)  # e.g. an imported PNG reference
+    client.force_login(alice)
+    assert client.get(dcm_url(slice_)).status_code == 404
+
+
+def test_result_overlays_follow_the_study_they_answer(client, alice, bob):
+    case = similar_case(query_owner=bob)
+
+    client.force_login(alice)
+    assert client.get(cam_url(case, "query")).status_code == 404
+    assert client.get(cam_url(case, "reference")).status_code == 404
+
+    client.force_login(bob)
+    query = client.get(cam_url(case, "query"))
+    assert query.status_code == 200 and body(query) == b"\x89PNG query"
+    assert query["Content-Type"] == "image/png"
+    assert body(client.get(cam_url(case, "reference"))) == b"\x89PNG ref"
+
+    client.force_login(UserFactory(role="Expert"))
+    assert client.get(cam_url(case, "query")).status_code == 200
+
+
+def test_reference_overlay_of_a_retired_reference_case_is_hidden_from_clinicians(client, bob):
+    case = similar_case(query_owner=bob, reference_state=ReferenceCase.State.RETIRED)
+    client.force_login(bob)
+    assert client.get(cam_url(case, "query")).status_code == 200
+    assert client.get(cam_url(case, "reference")).status_code == 404
+
+
+def test_an_unknown_overlay_side_answers_404(client, bob):
+    case = similar_case(query_owner=bob)
+    client.force_login(bob)
+    assert client.get(f"/api/files/similar-cases/{case.pk}/both.png").status_code == 404
 
 
 def test_clinician_may_download_slices_of_an_approved_reference_case(client, alice, bob):
     slice_ = SliceFactory(series__study__uploaded_by=bob)
     ReferenceCaseFactory(study=slice_.series.study, state=ReferenceCase.State.APPROVED)
     client.force_login(alice)
-    assert client.get(media_url(slice_.pixels.name)).status_code == 200
+    assert client.get(npy_url(slice_)).status_code == 200
 
 
-def test_files_outside_the_study_layout_are_for_experts_and_admins_only(client, alice):
-    name = default_storage.save("reports/model-v1/report.html", ContentFile(b"<html>"))
+def test_a_file_lost_by_the_storage_answers_404(client, alice):
+    slice_ = SliceFactory(series__study__uploaded_by=alice)
+    default_storage.delete(slice_.pixels.name)
     client.force_login(alice)
-    assert client.get(media_url(name)).status_code == 404
-    client.force_login(UserFactory(role="Expert"))
-    assert client.get(media_url(name)).status_code == 200
+    assert client.get(npy_url(slice_)).status_code == 404
+
+
+def test_token_clients_get_files_too(client, alice):
+    from rest_framework.authtoken.models import Token
+
+    slice_ = SliceFactory(series__study__uploaded_by=alice)
+    token = Token.objects.create(user=alice)
+    response = client.get(npy_url(slice_), HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert response.status_code == 200 and body(response).startswith(b"\x93NUMPY")
+
+
+def test_the_old_media_prefix_serves_nothing(client, alice, bob):
+    own = SliceFactory(series__study__uploaded_by=alice)
+    client.force_login(UserFactory(role="Admin"))
+    assert client.get(f"/media/{own.pixels.name}").status_code == 404

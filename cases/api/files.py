@@ -1,0 +1,120 @@
+"""Stored files (slice pixels, de-identified DICOM copies, CAM overlays) by database id.
+
+A URL names a row, never a storage key: the view loads the row, applies the same visibility
+rule as the row's page (`cases.permissions.can_view_study` through the selectors; 404 for
+anything the user may not see) and streams the file the row points to through the storage API,
+so the files may live on a local disk or on an S3-compatible store. No part of the request path
+is ever joined onto a folder, so encoded `..`, `%2f`, backslashes or double encoding cannot
+reach another file: they do not even match a route.
+
+These live under /api/ so that token clients (which get the CAM URLs from the results
+endpoint) and browser sessions are served alike.
+"""
+
+from __future__ import annotations
+
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from cases.api.serializers import ErrorSerializer
+from cases.models import slice_dicom_name
+from cases.selectors import slice_get_visible
+
+CAM_SIDES = ("query", "reference")
+
+
+class _FirstRenderer(BaseContentNegotiation):
+    """The file itself bypasses rendering; errors are always JSON whatever the client accepts
+    (an `Accept: image/png` must get the 404 body, not a 406)."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+def _errors(what: str) -> dict:
+    return {
+        403: OpenApiResponse(ErrorSerializer, description="Not logged in."),
+        404: OpenApiResponse(
+            ErrorSerializer,
+            description=f"No such {what}, or one the user may not see, or its file is gone.",
+        ),
+    }
+
+
+def stored_file_response(*, name: str, content_type: str, filename: str) -> FileResponse:
+    """Stream the stored file `name` (a key taken from a database row, never from the request);
+    404 when the row has none or the storage lost it."""
+    if not name:
+        raise Http404("No stored file.")
+    try:
+        fh = default_storage.open(name, "rb")
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise Http404("The stored file is missing.") from exc
+    return FileResponse(fh, content_type=content_type, filename=filename)
+
+
+class _FileView(APIView):
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = _FirstRenderer
+
+
+class SlicePixelsView(_FileView):
+    @extend_schema(
+        summary="Hounsfield-unit pixels of a slice (.npy)",
+        description="The slice's pixels as a NumPy `.npy` array (int16 HU; uint8 for windowed "
+        "2-D reference images). Same visibility as the slice's study.",
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, **_errors("slice")},
+    )
+    def get(self, request: Request, pk: int) -> FileResponse:
+        slice_ = slice_get_visible(user=request.user, pk=pk)
+        return stored_file_response(
+            name=slice_.pixels.name,
+            content_type="application/octet-stream",
+            filename=f"slice-{slice_.pk}.npy",
+        )
+
+
+class SliceDicomView(_FileView):
+    @extend_schema(
+        summary="De-identified DICOM copy of a slice",
+        description="The de-identified DICOM instance the slice was read from (404 for "
+        "reference images imported from PNG/JPEG). Same visibility as the slice's study.",
+        responses={(200, "application/dicom"): OpenApiTypes.BINARY, **_errors("slice")},
+    )
+    def get(self, request: Request, pk: int) -> FileResponse:
+        slice_ = slice_get_visible(user=request.user, pk=pk)
+        return stored_file_response(
+            name=slice_dicom_name(slice_=slice_),
+            content_type="application/dicom",
+            filename=f"slice-{slice_.pk}.dcm",
+        )
+
+
+class SimilarCaseCamView(_FileView):
+    @extend_schema(
+        summary="CAM overlay of a similar case (PNG)",
+        description="The similarity CAM over the query slice (`query`) or over the reference "
+        "slice (`reference`) of one retrieved case; the URLs are `query_cam_url` and "
+        "`reference_cam_url` of the results endpoint.",
+        parameters=[
+            OpenApiParameter("side", OpenApiTypes.STR, OpenApiParameter.PATH, enum=CAM_SIDES)
+        ],
+        responses={(200, "image/png"): OpenApiTypes.BINARY, **_errors("overlay")},
+    )
+    def get(self, request: Request, pk: int, side: str) -> FileResponse:
+        from retrieval.review_selectors import similar_case_get_visible
+
+        case = similar_case_get_visible(user=request.user, pk=pk, side=side)
+        field = case.query_cam if side == "query" else case.reference_cam
+        return stored_file_response(
+            name=field.name, content_type="image/png", filename=f"case-{case.pk}-{side}.png"
+        )
