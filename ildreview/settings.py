@@ -54,12 +54,18 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
+    "csp",
+    "ildreview.apps.IldreviewConfig",
     "cases",
     "retrieval",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files straight after the security headers, before sessions and the database.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "ildreview.middleware.NoStoreMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -243,12 +249,19 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-# Failed-login throttling.
+# Failed-login throttling (login page and token endpoint; ildreview/auth.py). Failures count
+# per username+address combination: one account's failures never lock another account, nor
+# everyone behind one NAT or proxy. A success resets only that combination's failures.
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.5)
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
+AXES_LOCKOUT_CALLABLE = "ildreview.auth.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "ildreview.auth.client_ip_address"
+# Reverse proxies in front of the app that append to X-Forwarded-For; 0 trusts no forwarded
+# header (the client address is the connection's).
+ILDREVIEW_TRUSTED_PROXY_COUNT = env.int("ILDREVIEW_TRUSTED_PROXY_COUNT", default=0)
 
 # Security; `manage.py check --deploy` is clean with DEBUG off and HTTPS settings on.
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
@@ -260,6 +273,34 @@ SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp): scripts, styles, images, frames and requests from this
+# origin only, and no inline script, style or event handler (static/page.js sets bar widths and
+# asks confirmations). The API docs relax styles only (ildreview/api_urls.py); the model report
+# file sends its own stricter policy (retrieval/views.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# A session ends after SESSION_IDLE_HOURS without a request: every request renews the cookie.
+SESSION_COOKIE_AGE = round(env.float("SESSION_IDLE_HOURS", default=8.0) * 3600)
+SESSION_SAVE_EVERY_REQUEST = True
+# Static files are served by WhiteNoise (MIDDLEWARE). With ILDREVIEW_STATIC_MANIFEST (default:
+# DEBUG off) they are the hashed, compressed copies that `collectstatic` writes, which browsers
+# may cache for a year; without it (DEBUG, tests) the plain files, found without collectstatic.
+STORAGES["staticfiles"] = {
+    "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    if env.bool("ILDREVIEW_STATIC_MANIFEST", default=not DEBUG)
+    else "whitenoise.storage.CompressedStaticFilesStorage"
+}
 
 LOGGING = {
     "version": 1,

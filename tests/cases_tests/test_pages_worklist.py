@@ -37,7 +37,7 @@ def test_worklist_shows_status_progress_uploader_and_current_diagnosis(client, a
     assert response.status_code == 200
     assert study.patient.display_id in html
     assert 'class="badge status-processing"' in html and "Processing" in html
-    assert 'aria-valuenow="42"' in html and "width:42%" in html and "embedding" in html
+    assert 'aria-valuenow="42"' in html and 'data-width="42"' in html and "embedding" in html
     assert "alice" in html and "DM/RP-ILD (anti-MDA5)" in html
     assert reverse("cases:study_detail", args=[study.pk]) in html
 

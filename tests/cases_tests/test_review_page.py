@@ -219,7 +219,7 @@ def test_review_page_shows_the_suggested_diagnosis_and_vote_bars(client, alice, 
     assert [(b.name, b.percent) for b in bars] == [("Normal", 75.0), ("IPF-ILD", 25.0)]
     html = response.content.decode()
     assert 'data-testid="suggested">Normal<' in html
-    assert "width:75.0%" in html and "width:25.0%" in html
+    assert 'data-width="75.0"' in html and 'data-width="25.0"' in html
 
 
 def test_viewer_opens_at_the_key_slice(client, alice, query_study):
