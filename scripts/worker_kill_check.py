@@ -272,9 +272,21 @@ def run(args, worker: Worker) -> dict:
     return out
 
 
-def checks(*, studies: list[int], version) -> dict:
-    from django.conf import settings
+def _stored_keys(folder: str) -> list[str]:
+    """Keys of every stored file under `folder`, through the storage API (any backend)."""
+    from django.core.files.storage import default_storage
 
+    try:
+        dirs, files = default_storage.listdir(folder)
+    except FileNotFoundError:
+        return []
+    keys = [f"{folder}/{name}" for name in files]
+    for d in dirs:
+        keys.extend(_stored_keys(f"{folder}/{d}"))
+    return keys
+
+
+def checks(*, studies: list[int], version) -> dict:
     from cases.models import Slice, Study
     from retrieval.models import SimilarCase, SliceFeatures, StudyResult
 
@@ -303,8 +315,7 @@ def checks(*, studies: list[int], version) -> dict:
         ).count()
         if n_feat != n_slices:
             problems.append(f"study {pk}: {n_feat} SliceFeatures rows for {n_slices} slices")
-    media = Path(settings.MEDIA_ROOT)
-    on_disk = {str(p.relative_to(media)) for p in (media / "results").rglob("*") if p.is_file()}
+    on_disk = set(_stored_keys("results"))
     if on_disk != expected_files:
         problems.append(
             f"result files: {len(on_disk)} on disk vs {len(expected_files)} referenced; extra "
