@@ -50,6 +50,10 @@ def _errors(what: str) -> dict:
     }
 
 
+def _binary(description: str) -> OpenApiResponse:
+    return OpenApiResponse(OpenApiTypes.BINARY, description=description)
+
+
 def stored_file_response(*, name: str, content_type: str, filename: str) -> FileResponse:
     """Stream the stored file `name` (a key taken from a database row, never from the request);
     404 when the row has none or the storage lost it."""
@@ -69,10 +73,14 @@ class _FileView(APIView):
 
 class SlicePixelsView(_FileView):
     @extend_schema(
+        operation_id="file_slice_pixels",
         summary="Hounsfield-unit pixels of a slice (.npy)",
         description="The slice's pixels as a NumPy `.npy` array (int16 HU; uint8 for windowed "
         "2-D reference images). Same visibility as the slice's study.",
-        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, **_errors("slice")},
+        responses={
+            (200, "application/octet-stream"): _binary("The .npy array."),
+            **_errors("slice"),
+        },
     )
     def get(self, request: Request, pk: int) -> FileResponse:
         slice_ = slice_get_visible(user=request.user, pk=pk)
@@ -85,10 +93,11 @@ class SlicePixelsView(_FileView):
 
 class SliceDicomView(_FileView):
     @extend_schema(
+        operation_id="file_slice_dicom",
         summary="De-identified DICOM copy of a slice",
         description="The de-identified DICOM instance the slice was read from (404 for "
         "reference images imported from PNG/JPEG). Same visibility as the slice's study.",
-        responses={(200, "application/dicom"): OpenApiTypes.BINARY, **_errors("slice")},
+        responses={(200, "application/dicom"): _binary("The DICOM file."), **_errors("slice")},
     )
     def get(self, request: Request, pk: int) -> FileResponse:
         slice_ = slice_get_visible(user=request.user, pk=pk)
@@ -101,6 +110,7 @@ class SliceDicomView(_FileView):
 
 class SimilarCaseCamView(_FileView):
     @extend_schema(
+        operation_id="file_similar_case_cam",
         summary="CAM overlay of a similar case (PNG)",
         description="The similarity CAM over the query slice (`query`) or over the reference "
         "slice (`reference`) of one retrieved case; the URLs are `query_cam_url` and "
@@ -108,7 +118,7 @@ class SimilarCaseCamView(_FileView):
         parameters=[
             OpenApiParameter("side", OpenApiTypes.STR, OpenApiParameter.PATH, enum=CAM_SIDES)
         ],
-        responses={(200, "image/png"): OpenApiTypes.BINARY, **_errors("overlay")},
+        responses={(200, "image/png"): _binary("The PNG overlay."), **_errors("overlay")},
     )
     def get(self, request: Request, pk: int, side: str) -> FileResponse:
         from retrieval.review_selectors import similar_case_get_visible
