@@ -159,3 +159,18 @@ def test_the_old_media_prefix_serves_nothing(client, alice, bob):
     own = SliceFactory(series__study__uploaded_by=alice)
     client.force_login(UserFactory(role="Admin"))
     assert client.get(f"/media/{own.pixels.name}").status_code == 404
+
+
+def test_admin_pages_link_files_by_id_not_by_storage_key(client, bob):
+    case = similar_case(query_owner=bob)
+    slice_ = with_dicom_copy(case.query_slice)
+    client.force_login(UserFactory(role="Admin"))
+
+    page = client.get(reverse("admin:cases_slice_change", args=[slice_.pk])).content.decode()
+    assert f'href="{npy_url(slice_)}"' in page and f'href="{dcm_url(slice_)}"' in page
+    page += client.get(
+        reverse("admin:retrieval_similarcase_change", args=[case.pk])
+    ).content.decode()
+    assert f'href="{cam_url(case, "query")}"' in page
+    assert f'href="{cam_url(case, "reference")}"' in page
+    assert "/media/" not in page and slice_.pixels.name not in page
