@@ -68,6 +68,8 @@ MIDDLEWARE = [
     "ildreview.middleware.NoStoreMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before anything parses a multipart body: keeps files with non-UTF-8 names.
+    "cases.middleware.UploadFileNameMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -158,6 +160,18 @@ ILDREVIEW_MAX_ZIP_EXPANDED_BYTES = env.int(
     "ILDREVIEW_MAX_ZIP_EXPANDED_BYTES", default=4 * 1024 * 1024 * 1024
 )
 ILDREVIEW_MAX_ZIP_FILES = env.int("ILDREVIEW_MAX_ZIP_FILES", default=20000)
+# Resource limits checked from the DICOM header before any pixel data is decoded
+# (cases/dicom/reading.py): one file (and a deflated one once inflated), one image
+# (Rows x Columns x frames x bits), the decoded images of one upload, and the decoded images
+# a user's studies may hold in all (0: no quota).
+ILDREVIEW_MAX_DICOM_FILE_BYTES = env.int("ILDREVIEW_MAX_DICOM_FILE_BYTES", default=32 * 1024**2)
+ILDREVIEW_MAX_IMAGE_BYTES = env.int("ILDREVIEW_MAX_IMAGE_BYTES", default=8 * 1024**2)
+ILDREVIEW_MAX_UPLOAD_DECODED_BYTES = env.int(
+    "ILDREVIEW_MAX_UPLOAD_DECODED_BYTES", default=2 * 1024**3
+)
+ILDREVIEW_USER_QUOTA_DECODED_BYTES = env.int(
+    "ILDREVIEW_USER_QUOTA_DECODED_BYTES", default=50 * 1024**3
+)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_NUMBER_FILES = env.int("DATA_UPLOAD_MAX_NUMBER_FILES", default=5000)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024

@@ -10,18 +10,24 @@ a transfer syntax no installed decoder handles.
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MRImageStorage,
+    RLELossless,
     generate_uid,
 )
 
@@ -242,3 +248,53 @@ def zip_write(*, path: Path, members: dict[str, bytes]) -> Path:
         for name, content in members.items():
             zf.writestr(name, content)
     return path
+
+
+# ------------------------------------------------------------------ hostile files
+
+
+def rle_bomb_bytes(*, size: int = 8192) -> bytes:
+    """A CT file whose one RLE Lossless frame decodes to size x size x 16 bits of zeros:
+    two segments of 128-byte replicate runs, about size²/64 bytes on disk (2 MiB at 8192)."""
+    segment = b"\x81\x00" * (size * size // 128)
+    header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
+    ds = ct_dataset(hu=chest_phantom(size=16), study_uid=generate_uid(), series_uid=generate_uid())
+    ds.Rows = ds.Columns = size
+    ds.PixelData = encapsulate([header + segment + segment])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    return dataset_bytes(ds)
+
+
+def deflated_file_parts(ds: Dataset) -> tuple[bytes, bytes]:
+    """(preamble + file meta for Deflated Explicit VR Little Endian, the dataset encoded as
+    Explicit VR Little Endian before deflating) of `ds`."""
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    meta = DicomBytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    return b"\0" * 128 + b"DICM" + meta.getvalue(), body.getvalue()
+
+
+def deflate_bomb_bytes(*, inflated: int, ds: Dataset | None = None) -> bytes:
+    """A Deflated Explicit VR Little Endian CT file whose dataset inflates to about `inflated`
+    bytes (a native PixelData of zeros; about inflated/1000 bytes on disk), built in a stream
+    without ever holding it inflated."""
+    if ds is None:
+        ds = ct_dataset(
+            hu=chest_phantom(size=16), study_uid=generate_uid(), series_uid=generate_uid()
+        )
+    del ds.PixelData
+    prefix, body = deflated_file_parts(ds)
+    out = io.BytesIO()
+    out.write(prefix)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, inflated)
+    out.write(deflater.compress(body + pixel_header))
+    zeros = bytes(1024 * 1024)
+    for _ in range(inflated // len(zeros)):
+        out.write(deflater.compress(zeros))
+    out.write(deflater.flush())
+    return out.getvalue()

@@ -138,7 +138,12 @@ class StudyListView(generics.GenericAPIView):
     def post(self, request: Request) -> Response:
         files = request.FILES.getlist("files")
         if not files:
-            raise ValidationError({"detail": "No files: send them in the multipart field 'files'."})
+            from cases.middleware import dropped_files_reason
+
+            reason = dropped_files_reason(request._request)
+            raise ValidationError(
+                {"detail": reason or "No files: send them in the multipart field 'files'."}
+            )
         from cases.services.ingestion import IngestionError
         from cases.services.upload import study_upload
 

@@ -54,6 +54,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
+from pydicom.sequence import Sequence
 
 from cases.dicom import DicomInputError
 
@@ -70,7 +71,7 @@ MIB = 1024 * 1024
 # PS3.5 §9.1: a UID is components of digits separated by dots, no leading zero in a component
 # of more than one digit, at most 64 characters.
 UID_MAX_LENGTH = 64
-_UID_COMPONENT = re.compile(r"0|[1-9][0-9]*\Z")
+_UID_COMPONENT = re.compile(r"(?:0|[1-9][0-9]*)\Z")
 # Maximum value lengths (characters) of the VRs of the text attributes that are stored.
 VR_MAX_LENGTH = {"AE": 16, "CS": 16, "DA": 8, "LO": 64, "SH": 16}
 # Control characters are not allowed in these VRs (PS3.5 6.1.2.3), except ESC for
@@ -320,7 +321,7 @@ def _text(ds: Dataset, keyword: str, vr: str, name: str) -> str:
     limit = VR_MAX_LENGTH[vr]
     texts = []
     for v in values:
-        if isinstance(v, bytes | bytearray | Dataset) or hasattr(v, "is_sequence"):
+        if isinstance(v, bytes | bytearray | Dataset | Sequence):
             raise DicomInputError(name, f"invalid {keyword}: not a text value")
         text = "" if v is None else str(v).strip()
         if len(text) > limit:
@@ -434,6 +435,8 @@ def _dcmread(path: Path, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> Data
 
 def _floats(ds: Dataset, keyword: str, count: int, name: str) -> np.ndarray:
     value = _raw_value(ds, keyword, name)
+    if not isinstance(value, MultiValue | list | tuple):
+        value = [value]  # one value where several are expected
     try:
         values = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError, OverflowError) as exc:

@@ -30,11 +30,20 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
+from django.db.models import BigIntegerField, ExpressionWrapper, F, Sum
 
 from cases.dicom import DicomInputError
 from cases.dicom.archive import ExtractedFile, looks_like_zip, zip_extract
 from cases.dicom.deid import dataset_deidentify
-from cases.dicom.reading import CtSeries, CtStudy, ct_instance_read, ct_studies_group, ignored_file
+from cases.dicom.reading import (
+    CtSeries,
+    CtStudy,
+    DecodeBudget,
+    ReadLimits,
+    ct_instance_read,
+    ct_studies_group,
+    ignored_file,
+)
 from cases.models import Patient, Series, Slice, Study, series_dicom_dir
 from cases.services.audit import audit_event_record
 
@@ -139,10 +148,53 @@ class _StudyPlan:
     series: list[_SeriesPlan]
 
 
-def _studies_read(files: list[ExtractedFile], *, inputs: str) -> list[CtStudy]:
+def _read_limits() -> ReadLimits:
+    return ReadLimits(
+        max_file_bytes=settings.ILDREVIEW_MAX_DICOM_FILE_BYTES,
+        max_image_bytes=settings.ILDREVIEW_MAX_IMAGE_BYTES,
+    )
+
+
+def _user_decoded_bytes(*, user) -> int:
+    """Bytes of decoded images (int16 HU) stored for the studies `user` uploaded."""
+    size = ExpressionWrapper(
+        F("rows") * F("columns") * F("slice_count") * 2, output_field=BigIntegerField()
+    )
+    stored = Series.objects.filter(study__uploaded_by=user).aggregate(total=Sum(size))["total"]
+    return int(stored or 0)
+
+
+def _decode_budgets(*, uploader, quota: bool) -> tuple[DecodeBudget, ...]:
+    """Decoded bytes allowed to this import: per upload, and (uploads only) the uploader's
+    quota. Both are charged from the headers before each image is decoded."""
+    budgets = [
+        DecodeBudget(
+            limit=settings.ILDREVIEW_MAX_UPLOAD_DECODED_BYTES,
+            what="upload too large once decoded",
+        )
+    ]
+    limit = settings.ILDREVIEW_USER_QUOTA_DECODED_BYTES
+    if quota and limit and uploader is not None and uploader.pk is not None:
+        used = _user_decoded_bytes(user=uploader)
+        budgets.append(
+            DecodeBudget(
+                limit=limit,
+                used=used,
+                what=f"storage quota exceeded ({used} bytes already stored for your studies)",
+            )
+        )
+    return tuple(budgets)
+
+
+def _studies_read(
+    files: list[ExtractedFile], *, inputs: str, budgets: tuple[DecodeBudget, ...] = ()
+) -> list[CtStudy]:
     if not files:
         raise DicomInputError(inputs, "no DICOM files found")
-    instances = [ct_instance_read(path=f.path, name=f.name) for f in files]
+    limits = _read_limits()
+    instances = [
+        ct_instance_read(path=f.path, name=f.name, limits=limits, budgets=budgets) for f in files
+    ]
     return ct_studies_group(instances=instances)
 
 
@@ -343,13 +395,15 @@ def _import(
     source: str,
     one_series: bool = False,
     before_commit: BeforeCommit | None = None,
+    quota: bool = False,
 ):
     """Collect (through `files_of(workdir)`), validate, then store; DicomInputError becomes
     IngestionError."""
     try:
         with tempfile.TemporaryDirectory(prefix="ildreview-import-") as tmp:
             files = files_of(Path(tmp))
-            studies = _studies_read(files, inputs=inputs)
+            budgets = _decode_budgets(uploader=uploader, quota=quota)
+            studies = _studies_read(files, inputs=inputs, budgets=budgets)
             if one_series:
                 count = sum(len(s.series) for s in studies)
                 if count != 1:
@@ -419,6 +473,7 @@ def study_import_uploads(
         uploader=uploader,
         source=Study.Source.UPLOAD,
         before_commit=before_commit,
+        quota=True,
     )
 
 

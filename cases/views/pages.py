@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from cases import permissions, selectors
 from cases.forms import LibraryFilterForm, UploadForm, WorklistFilterForm
 from cases.imaging import DEFAULT_PRESET, WINDOW_PRESETS
+from cases.middleware import dropped_files_reason
 from cases.services.ingestion import IngestionError
 from cases.services.upload import study_upload
 
@@ -58,7 +59,9 @@ def upload(request: HttpRequest) -> HttpResponse:
 
     form = UploadForm(request.POST, request.FILES)
     if not form.is_valid():
-        return render(request, "cases/upload.html", _upload_context(form), status=400)
+        error = dropped_files_reason(request) if not request.FILES else None
+        context = _upload_context(form, error=error or "")
+        return render(request, "cases/upload.html", context, status=400)
     try:
         result = study_upload(files=form.cleaned_data["files"], uploader=request.user)
     except IngestionError as exc:
