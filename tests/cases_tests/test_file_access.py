@@ -4,6 +4,7 @@ storage keys are made of row ids, never of strings from the uploaded DICOM."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import re
 from urllib.parse import urlparse
@@ -14,6 +15,8 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connections
+from django.test.testcases import LiveServerThread
 from django.urls import reverse
 
 from cases.models import Series, Slice, Study, series_dicom_dir
@@ -184,6 +187,59 @@ def test_crafted_paths_give_anonymous_visitors_nothing(client, world, template):
         assert urlparse(response["Location"]).path == reverse(settings.LOGIN_URL)
     body = content(response)
     assert b"BOB-SECRET" not in body and b"ALICE-SECRET" not in body
+
+
+@pytest.fixture
+def app_server(transactional_db):
+    """The site's WSGI application alone behind a real socket, as a deployment serves it
+    (pytest-django's `live_server` also serves MEDIA_ROOT and static files by itself, which no
+    deployment does: that test harness would answer /media/ with any file)."""
+    shared = {c.alias: c for c in connections.all() if c.vendor == "sqlite" and c.is_in_memory_db()}
+    for conn in shared.values():
+        conn.inc_thread_sharing()
+    # `static_handler` gets the media-serving wrapper; unwrapping it leaves the site alone.
+    thread = LiveServerThread(
+        "127.0.0.1", static_handler=lambda media: media.application, connections_override=shared
+    )
+    thread.daemon = True
+    thread.start()
+    thread.is_ready.wait()
+    if thread.error:
+        raise thread.error
+    yield thread.port
+    thread.terminate()
+    for conn in shared.values():
+        conn.dec_thread_sharing()
+
+
+def raw_get(port: int, path: str, cookie: str) -> tuple[int, bytes]:
+    """GET `path` exactly as written (no client-side normalisation or re-encoding)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        conn.putheader("Cookie", cookie)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_crafted_paths_get_nothing_from_a_real_server(app_server, client, world):
+    """The same table over a socket: the server, not the test client, decodes the path."""
+    client.force_login(world["alice"])
+    name = settings.SESSION_COOKIE_NAME
+    cookie = f"{name}={client.cookies[name].value}"
+    seen = {}
+    for label, template in TRAVERSAL.items():
+        status, body = raw_get(app_server, fill(template, world), cookie)
+        seen[label] = status
+        assert b"BOB-SECRET" not in body and b"ALICE-SECRET" not in body, label
+    assert set(seen.values()) <= {400, 404}, seen
+    # The session is good: the owner's own file comes back over the same socket.
+    own = reverse("api-file-slice-npy", args=[world["own"]["slice"]])
+    status, body = raw_get(app_server, own, cookie)
+    assert status == 200 and b"ALICE-SECRET" in body
 
 
 OWN_FILES = {
