@@ -612,3 +612,30 @@ def test_binary_content_is_not_touched_by_the_file_name_sanitising(clinician):
         np.load(Slice.objects.get().pixels.open("rb")),
         chest_phantom(size=SIZE, seed=0),
     )
+
+
+class _Trickle:
+    """A request body that arrives a few bytes at a time, splitting headers and boundaries."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step = data, step
+
+    def read(self, size: int = -1) -> bytes:
+        chunk, self.data = self.data[: self.step], self.data[self.step :]
+        return chunk
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 64, 100_000])
+def test_sanitising_survives_headers_split_across_reads_and_leaves_content_alone(step):
+    from cases.middleware import _PartHeaderSanitisingStream
+
+    content = b"\xff\xfe binary \xe9 --b0undary not a delimiter \r\n\xc3"
+    body = multipart([(b"caf\xe9.dcm", content), (b"\xff\xff.dcm", content)])
+    stream = _PartHeaderSanitisingStream(_Trickle(body, step), b"b0undary")
+
+    out = b""
+    while piece := stream.read(5):
+        out += piece
+
+    assert out == body.replace(b"caf\xe9.dcm", b"caf_.dcm").replace(b"\xff\xff.dcm", b"__.dcm")
+    assert stream.file_names == ["caf_.dcm", "__.dcm"]
