@@ -52,10 +52,10 @@ def reference_case_pending_list(*, exclude_proposer: Any | None = None) -> Query
 
 
 def reference_case_list_visible(
-    *, user: Any, state: str | None = None, diagnosis: Diagnosis | None = None
+    *, user: Any, state: str | None = None, diagnosis: Diagnosis | str | None = None
 ) -> QuerySet[ReferenceCase]:
     """Reference cases `user` may see: experts and admins see every state; others (clinicians)
-    see the approved library only."""
+    see the approved library only. `diagnosis` is a Diagnosis or its code."""
     from cases.permissions import is_admin, is_expert
 
     qs = ReferenceCase.objects.select_related(
@@ -65,7 +65,9 @@ def reference_case_list_visible(
         qs = qs.filter(state=ReferenceCase.State.APPROVED)
     if state:
         qs = qs.filter(state=state)
-    if diagnosis is not None:
+    if isinstance(diagnosis, str):
+        qs = qs.filter(diagnosis__code=diagnosis)
+    elif diagnosis is not None:
         qs = qs.filter(diagnosis=diagnosis)
     return qs
 

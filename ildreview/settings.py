@@ -251,8 +251,14 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 25,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Documents the error statuses of every operation (cases/api/schema.py).
+    "DEFAULT_SCHEMA_CLASS": "cases.api.schema.ApiAutoSchema",
+    # JSON bodies (JSON only: form encodings cannot carry null); nested deeper than
+    # ILDREVIEW_MAX_JSON_DEPTH they are refused with 400. Upload and token views add theirs.
+    "DEFAULT_PARSER_CLASSES": ["cases.api.parsers.DepthLimitedJSONParser"],
 }
+# Deepest nesting of arrays/objects accepted in a JSON request body.
+ILDREVIEW_MAX_JSON_DEPTH = env.int("ILDREVIEW_MAX_JSON_DEPTH", default=64)
 SPECTACULAR_SETTINGS = {
     "TITLE": "ildreview API",
     "DESCRIPTION": "Upload lung CT studies, read similar-case results, label and approve cases.",

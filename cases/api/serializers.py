@@ -12,6 +12,24 @@ from cases.models import Diagnosis, ExpertLabel, ReferenceCase, Series, Study
 from cases.selectors_review import diagnosis_list_active, study_current_label
 
 
+class StrictCharField(serializers.CharField):
+    """A text input that must be a JSON string (DRF's CharField turns numbers into text)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer input that must be a JSON integer (DRF's accepts "5", 5.0 and true)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, int) or isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class DiagnosisSerializer(serializers.ModelSerializer):
     class Meta:
         model = Diagnosis
@@ -41,7 +59,7 @@ class ExpertLabelCreateSerializer(serializers.Serializer):
         queryset=diagnosis_list_active(),
         help_text="Diagnosis code, e.g. `ipf-ild` (see /api/diagnoses/).",
     )
-    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    comment = StrictCharField(required=False, allow_blank=True, max_length=2000)
 
 
 class CurrentLabelSerializer(serializers.Serializer):
@@ -174,7 +192,7 @@ class ReferenceCaseSerializer(serializers.ModelSerializer):
 class ReferenceCaseProposeSerializer(serializers.Serializer):
     """Input of POST /api/reference-cases/ (the study is checked for visibility by the view)."""
 
-    study = serializers.IntegerField(help_text="Study id")
+    study = StrictIntegerField(min_value=1, help_text="Study id")
     diagnosis = serializers.SlugRelatedField(
         slug_field="code",
         queryset=diagnosis_list_active(),
@@ -182,16 +200,63 @@ class ReferenceCaseProposeSerializer(serializers.Serializer):
         allow_null=True,
         help_text="Diagnosis code; defaults to the study's current expert label.",
     )
-    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    comment = StrictCharField(required=False, allow_blank=True, max_length=2000)
 
 
 class ReferenceDecisionSerializer(serializers.Serializer):
-    comment = serializers.CharField(
+    comment = StrictCharField(
         required=False,
         allow_blank=True,
         max_length=2000,
-        help_text="Optional on approval; required on rejection.",
+        help_text="Optional note on the approval.",
     )
+
+
+class ReferenceRejectSerializer(serializers.Serializer):
+    comment = StrictCharField(max_length=2000, help_text="The reason for rejecting.")
+
+
+class StudyFilterSerializer(serializers.Serializer):
+    """Query parameters of GET /api/studies/ (validated from a plain dict, so that an empty
+    `status=` is refused like any value outside the enum rather than read as absent)."""
+
+    status = serializers.ChoiceField(choices=Study.Status.choices, required=False)
+    q = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=200,
+        help_text="Search patient id, description or StudyInstanceUID",
+    )
+    diagnosis = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text="Diagnosis code of the current label (see /api/diagnoses/); an unknown "
+        "code matches nothing",
+    )
+
+
+class ReferenceCaseFilterSerializer(serializers.Serializer):
+    """Query parameters of GET /api/reference-cases/."""
+
+    state = serializers.ChoiceField(choices=ReferenceCase.State.choices, required=False)
+    diagnosis = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text="Diagnosis code (see /api/diagnoses/); an unknown code matches nothing",
+    )
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    """Input of POST /api/auth/token/ (validated by DRF's AuthTokenSerializer)."""
+
+    username = serializers.CharField()
+    password = serializers.CharField(style={"input_type": "password"})
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="Send as `Authorization: Token <token>`.")
 
 
 class ErrorSerializer(serializers.Serializer):

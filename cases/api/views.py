@@ -8,20 +8,22 @@ and decisions are for experts (403 for others).
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
 from django.shortcuts import get_object_or_404
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, status
 from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cases.api import serializers as s
+from cases.api.parsers import DepthLimitedJSONParser
+from cases.api.schema import TOO_MANY_REQUESTS
 from cases.models import ReferenceCase, Study
 from cases.permissions import is_admin, is_expert
 from cases.selectors import study_get_visible, study_list_visible
@@ -37,8 +39,30 @@ READY_STATES = (Study.Status.READY_FOR_REVIEW, Study.Status.REVIEWED)
 
 
 class Pagination(PageNumberPagination):
+    """Page-number pagination whose `page_size` is checked, not silently replaced by the
+    default when it is not a whole number from 1 to `max_page_size` (400)."""
+
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def get_page_size(self, request):
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
+            raise ValidationError(
+                {"page_size": [f"A whole number from 1 to {self.max_page_size}."]}
+            )
+        return int(raw)
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_query_param:
+                parameter["schema"]["minimum"] = 1
+            elif parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(minimum=1, maximum=self.max_page_size)
+        return parameters
 
 
 class IsExpert(BasePermission):
@@ -71,11 +95,6 @@ def service_call(fn, **kwargs):
         raise ValidationError({"detail": " ".join(exc.messages)}) from exc
 
 
-STATUS_PARAM = OpenApiParameter(
-    "status", OpenApiTypes.STR, enum=[c for c, _ in Study.Status.choices], required=False
-)
-
-
 class StudyListView(generics.GenericAPIView):
     """List visible studies (GET) or upload new ones (POST, multipart)."""
 
@@ -89,7 +108,9 @@ class StudyListView(generics.GenericAPIView):
         return [IsAuthenticated()]
 
     def get_queryset(self):
-        params = self.request.query_params
+        filters = s.StudyFilterSerializer(data=self.request.query_params.dict())
+        filters.is_valid(raise_exception=True)
+        params = filters.validated_data
         qs = study_list_visible(
             user=self.request.user,
             status=params.get("status") or None,
@@ -102,21 +123,7 @@ class StudyListView(generics.GenericAPIView):
         summary="List studies",
         description="Studies the user may see (clinicians: their own), newest first, with "
         "processing status, progress and current diagnosis.",
-        parameters=[
-            STATUS_PARAM,
-            OpenApiParameter(
-                "q",
-                OpenApiTypes.STR,
-                required=False,
-                description="Search patient id, description or StudyInstanceUID",
-            ),
-            OpenApiParameter(
-                "diagnosis",
-                OpenApiTypes.STR,
-                required=False,
-                description="Diagnosis code of the current label",
-            ),
-        ],
+        parameters=[s.StudyFilterSerializer],
         responses=s.StudyListSerializer(many=True),
     )
     def get(self, request: Request) -> Response:
@@ -218,7 +225,7 @@ class StudyLabelsView(APIView):
         description="Adds a label (the history is kept); a study ready for review becomes "
         "reviewed.",
         request=s.ExpertLabelCreateSerializer,
-        responses={201: s.ExpertLabelSerializer, 400: s.ErrorSerializer},
+        responses={201: s.ExpertLabelSerializer},
     )
     def post(self, request: Request, pk: int) -> Response:
         study = study_get_visible(user=request.user, pk=pk)
@@ -232,14 +239,6 @@ class StudyLabelsView(APIView):
             comment=data.validated_data.get("comment", ""),
         )
         return Response(s.ExpertLabelSerializer(label).data, status=status.HTTP_201_CREATED)
-
-
-REFERENCE_STATE_PARAM = OpenApiParameter(
-    "state", OpenApiTypes.STR, enum=[c for c, _ in ReferenceCase.State.choices], required=False
-)
-DIAGNOSIS_PARAM = OpenApiParameter(
-    "diagnosis", OpenApiTypes.STR, required=False, description="Diagnosis code"
-)
 
 
 class ReferenceCaseListView(generics.GenericAPIView):
@@ -256,14 +255,16 @@ class ReferenceCaseListView(generics.GenericAPIView):
     @extend_schema(
         summary="List reference cases",
         description="Experts see every state; clinicians the approved library only.",
-        parameters=[REFERENCE_STATE_PARAM, DIAGNOSIS_PARAM],
+        parameters=[s.ReferenceCaseFilterSerializer],
         responses=s.ReferenceCaseSerializer(many=True),
     )
     def get(self, request: Request) -> Response:
-        code = request.query_params.get("diagnosis")
-        diagnosis = get_object_or_404(diagnosis_list_active(), code=code) if code else None
+        filters = s.ReferenceCaseFilterSerializer(data=request.query_params.dict())
+        filters.is_valid(raise_exception=True)
         qs = reference_case_list_visible(
-            user=request.user, state=request.query_params.get("state") or None, diagnosis=diagnosis
+            user=request.user,
+            state=filters.validated_data.get("state") or None,
+            diagnosis=filters.validated_data.get("diagnosis") or None,
         )
         page = self.paginate_queryset(qs)
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
@@ -271,12 +272,16 @@ class ReferenceCaseListView(generics.GenericAPIView):
     @extend_schema(
         summary="Propose a study as a reference case (experts)",
         request=s.ReferenceCaseProposeSerializer,
-        responses={201: s.ReferenceCaseSerializer, 400: s.ErrorSerializer},
+        responses={201: s.ReferenceCaseSerializer},
     )
     def post(self, request: Request) -> Response:
         data = s.ReferenceCaseProposeSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        study = study_get_visible(user=request.user, pk=data.validated_data["study"])
+        try:
+            study = study_get_visible(user=request.user, pk=data.validated_data["study"])
+        except Http404 as exc:
+            # A field of the body, not the resource addressed: a validation error.
+            raise ValidationError({"study": ["No such study, or one you may not see."]}) from exc
         reference = service_call(
             review_services.reference_case_propose,
             study=study,
@@ -299,20 +304,25 @@ class ReferenceCaseDetailView(APIView):
 
 class _ReferenceActionView(APIView):
     permission_classes = [IsAuthenticated, IsExpert]
+    # The body's serializer; None for an action that takes no body (its body is not read).
+    decision_serializer: type[s.serializers.Serializer] | None = s.ReferenceDecisionSerializer
 
     def act(self, request: Request, reference: ReferenceCase, comment: str) -> None:
         raise NotImplementedError
 
     def post(self, request: Request, pk: int) -> Response:
         reference = get_object_or_404(ReferenceCase, pk=pk)
-        data = s.ReferenceDecisionSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        self.act(request, reference, data.validated_data.get("comment", ""))
+        comment = ""
+        if self.decision_serializer is not None:
+            data = self.decision_serializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            comment = data.validated_data.get("comment", "")
+        self.act(request, reference, comment)
         reference.refresh_from_db()
         return Response(s.ReferenceCaseSerializer(reference, context={"request": request}).data)
 
 
-DECISION_RESPONSES = {200: s.ReferenceCaseSerializer, 400: s.ErrorSerializer}
+DECISION_RESPONSES = {200: s.ReferenceCaseSerializer}
 
 
 class ReferenceCaseApproveView(_ReferenceActionView):
@@ -336,9 +346,11 @@ class ReferenceCaseApproveView(_ReferenceActionView):
 
 
 class ReferenceCaseRejectView(_ReferenceActionView):
+    decision_serializer = s.ReferenceRejectSerializer
+
     @extend_schema(
         summary="Reject a proposed reference case (a second expert; reason required)",
-        request=s.ReferenceDecisionSerializer,
+        request=s.ReferenceRejectSerializer,
         responses=DECISION_RESPONSES,
     )
     def post(self, request: Request, pk: int) -> Response:
@@ -355,6 +367,7 @@ class ReferenceCaseRejectView(_ReferenceActionView):
 
 class ReferenceCaseRetireView(_ReferenceActionView):
     permission_classes = [IsAuthenticated, IsExpertOrAdmin]
+    decision_serializer = None
 
     @extend_schema(
         summary="Retire an approved reference case (removes it from the index)",
@@ -388,7 +401,25 @@ class DiagnosisListView(generics.ListAPIView):
         description="Exchange a username and password for the user's token; send it as "
         "`Authorization: Token <key>`. Failed attempts count towards the login lockout. "
         "Admins can also create and revoke tokens in the admin.",
+        request=s.TokenRequestSerializer,
+        responses={200: s.TokenSerializer, 429: TOO_MANY_REQUESTS},
     )
 )
 class TokenObtainView(ObtainAuthToken):
-    pass
+    # ObtainAuthToken names its own parsers, bypassing DEFAULT_PARSER_CLASSES; this anonymous
+    # endpoint needs the nesting limit most. Form encodings stay for `curl -d`.
+    parser_classes = [DepthLimitedJSONParser, FormParser, MultiPartParser]
+    # Exchanging credentials needs no authentication: a stale token or a session cookie
+    # (whose CSRF check applies to session-authenticated POSTs) must not turn it into a 403.
+    authentication_classes = []
+
+
+@extend_schema(exclude=True)
+class ApiNotFoundView(APIView):
+    """Any /api/ URL no route matches (an id that is not a number, a misspelt path), whatever
+    the method: the same JSON answers as the real views (403 when not logged in, else 404),
+    not the HTML page meant for browsers."""
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        raise NotFound()

@@ -14,8 +14,8 @@ from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
 
-# Endpoints that serve the schema itself, not API operations.
-NOT_OPERATIONS = {"api-schema", "api-docs"}
+# Endpoints that serve the schema itself, and the JSON 404 of unmatched /api/ URLs.
+NOT_OPERATIONS = {"api-schema", "api-docs", "api-not-found"}
 
 
 def _route(pattern) -> str:
