@@ -154,6 +154,12 @@ def test_clinician_upload_expert_review_approval_and_retrieval_of_the_approved_c
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     base = stack.url
+    # The Content-Security-Policy forbids inline code; a violation is a part of a page that broke.
+    csp_violations: list[str] = []
+    page.on(
+        "console",
+        lambda m: csp_violations.append(m.text) if "Content Security Policy" in m.text else None,
+    )
 
     # 1. A clinician uploads the first study and watches it being processed.
     login(page, base, "clinician")
@@ -167,6 +173,9 @@ def test_clinician_upload_expert_review_approval_and_retrieval_of_the_approved_c
     assert page.locator("[data-testid=suggested]").inner_text().strip() not in ("", "—")
     assert page.locator("[data-testid=radiomics-table]:visible").count() == 1
     assert page.locator("[data-testid=vote]").count() >= 1
+    # Vote bars get their width from data-width through static/page.js (no inline style).
+    widths = page.eval_on_selector_all("[data-width]", "els => els.map(e => e.style.width)")
+    assert widths and all(w.endswith("%") for w in widths), widths
     screenshot(page, "review-clinician-A0001.png")
     logout(page)
 
@@ -220,6 +229,7 @@ def test_clinician_upload_expert_review_approval_and_retrieval_of_the_approved_c
     assert page.locator(f"[data-reference-case='{reference.pk}']").count() == 1
     assert_cam_images_load(page)  # computed on demand when the pair was not stored
     screenshot(page, "review-clinician-A0002-filtered.png")
+    assert csp_violations == []
     context.close()
     TIMINGS["total_s"] = time.perf_counter() - t0
     summary = ", ".join(f"{k}={v:.1f}" for k, v in TIMINGS.items())
