@@ -49,7 +49,7 @@ class SeriesInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 @admin.register(Patient)
 class PatientAdmin(admin.ModelAdmin):
-    list_display = ("display_id", "sex", "birth_year", "created_at")
+    list_display = ("display_id", "sex", "created_at")
     list_filter = ("sex", "created_at")
     search_fields = ("display_id",)
     readonly_fields = ("pseudonym", "created_at")

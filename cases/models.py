@@ -11,7 +11,8 @@ from django.db import models
 
 
 class Patient(models.Model):
-    """A pseudonymous patient: a salted hash of the source PatientID, never the raw value."""
+    """A pseudonymous patient: a keyed hash (HMAC) of the source PatientID, never the raw value;
+    no birth date or year is kept (the DICOM copies keep age, sex, size and weight)."""
 
     class Sex(models.TextChoices):
         FEMALE = "F", "Female"
@@ -20,11 +21,10 @@ class Patient(models.Model):
         UNKNOWN = "", "Unknown"
 
     pseudonym = models.CharField(
-        max_length=64, unique=True, help_text="Salted SHA-256 of PatientID"
+        max_length=64, unique=True, help_text="HMAC-SHA256 of PatientID"
     )
     display_id = models.CharField(max_length=32, unique=True, help_text="Short id shown in the UI")
     sex = models.CharField(max_length=1, choices=Sex.choices, blank=True, default="")
-    birth_year = models.PositiveSmallIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -176,8 +176,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=10 
 DATA_UPLOAD_MAX_NUMBER_FILES = env.int("DATA_UPLOAD_MAX_NUMBER_FILES", default=5000)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
-# Salt for the pseudonymous patient id (a hash of the source PatientID; never stored raw).
-ILDREVIEW_PSEUDONYM_SALT = env.str("ILDREVIEW_PSEUDONYM_SALT", default="ildreview-dev-salt")
+# Secret key of the pseudonyms (HMAC-SHA256 of the source PatientID and of every DICOM UID;
+# the raw values are never stored). The development default is refused by `check --deploy`
+# when DEBUG is off (cases.checks); changing it later gives new studies new pseudonyms.
+ILDREVIEW_PSEUDONYM_DEV_KEY = "ildreview-development-pseudonym-key-not-secret"
+ILDREVIEW_PSEUDONYM_KEY = env.str("ILDREVIEW_PSEUDONYM_KEY", default=ILDREVIEW_PSEUDONYM_DEV_KEY)
 # Folder of the real public datasets used by tests and benchmarks when present.
 ILDREVIEW_REAL_DATA = env.path(
     "ILDREVIEW_REAL_DATA", default=BASE_DIR.parent / "shared" / "datasets"

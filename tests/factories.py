@@ -42,7 +42,6 @@ class PatientFactory(factory.django.DjangoModelFactory):
     pseudonym = factory.Sequence(lambda n: f"{n:064x}")
     display_id = factory.Sequence(lambda n: f"P{n:06d}")
     sex = "F"
-    birth_year = 1960
 
 
 class StudyFactory(factory.django.DjangoModelFactory):

@@ -8,14 +8,19 @@ geometry is checked, and the database is consulted to decide what is new. Only t
 and media files written, inside one transaction; if anything fails the media files written so
 far are deleted, so nothing is ever half-saved.
 
-Idempotence: studies are found by StudyInstanceUID, series by SeriesInstanceUID; a series that
-is already stored with (a superset of) the incoming SOP Instance UIDs is skipped, so importing
-the same instances again creates nothing. A new series for a known study is added to it.
+Idempotence: right after reading, every UID is replaced by its keyed pseudonym (`uid_pseudonym`,
+deterministic), so the database holds no source UID; studies are then found by that
+StudyInstanceUID, series by SeriesInstanceUID; a series that is already stored with (a superset
+of) the incoming SOP Instance UIDs is skipped, so importing the same instances again creates
+nothing. A new series for a known study is added to it. Stored DICOM copies are de-identified
+to PS3.15 Annex E (`cases.dicom.deid`); no free text and no birth date of the DICOM reaches the
+database (descriptions are generated from the kernel and slice thickness).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import logging
 import tempfile
@@ -34,7 +39,7 @@ from django.db.models import BigIntegerField, ExpressionWrapper, F, Sum
 
 from cases.dicom import DicomInputError
 from cases.dicom.archive import ExtractedFile, looks_like_zip, zip_extract
-from cases.dicom.deid import dataset_deidentify
+from cases.dicom.deid import dataset_deidentify, uid_remap
 from cases.dicom.reading import (
     CtSeries,
     CtStudy,
@@ -76,10 +81,48 @@ BeforeCommit = Callable[[ImportResult], None]
 # ---------------------------------------------------------------- pseudonyms
 
 
+def _pseudonym_key() -> bytes:
+    # Checked by `cases.checks` (`check --deploy`): set, not the development key, long enough.
+    return settings.ILDREVIEW_PSEUDONYM_KEY.encode()
+
+
 def patient_pseudonym(*, patient_id: str) -> str:
-    """Salted SHA-256 (hex) of the source PatientID; the raw value is never stored."""
-    salt = settings.ILDREVIEW_PSEUDONYM_SALT
-    return hashlib.sha256(f"{salt}{patient_id}".encode()).hexdigest()
+    """HMAC-SHA256 (hex) of the source PatientID under the secret `ILDREVIEW_PSEUDONYM_KEY`:
+    the raw value is never stored, and without the key it cannot be found by trying MRNs."""
+    message = b"ildreview-patient\x00" + patient_id.encode()
+    return hmac.new(_pseudonym_key(), message, hashlib.sha256).hexdigest()
+
+
+def uid_pseudonym(*, uid: str) -> str:
+    """The UID stored for a source UID (`2.25.<HMAC>`, see `cases.dicom.deid.uid_remap`)."""
+    return uid_remap(uid=uid, key=_pseudonym_key())
+
+
+def _uids_pseudonymise(studies: list[CtStudy]) -> None:
+    """Replace the source UIDs of what was read by their pseudonyms, before anything looks up
+    or writes rows: the database only ever holds remapped UIDs (the stored DICOM copies get the
+    same mapping in `dataset_deidentify`), and the mapping is deterministic, so importing the
+    same files again finds the same rows."""
+    for cs in studies:
+        cs.study_uid = uid_pseudonym(uid=cs.study_uid)
+        for s in cs.series:
+            s.series_uid = uid_pseudonym(uid=s.series_uid)
+            for inst in s.instances:
+                inst.study_uid, inst.series_uid = cs.study_uid, s.series_uid
+                inst.sop_uid = uid_pseudonym(uid=inst.sop_uid)
+
+
+def _series_label(cs: CtSeries) -> str:
+    """A technical description generated from the kernel and slice thickness: the DICOM's own
+    descriptions are free text (they can name the patient) and are never stored."""
+    kernel = "".join(c for c in cs.convolution_kernel if c.isalnum() or c in " ._-")[:16].strip()
+    thickness = f"{cs.slice_thickness:g} mm" if cs.slice_thickness else ""
+    return " ".join(p for p in (kernel, thickness) if p)
+
+
+def _study_label(cs: CtStudy) -> str:
+    first = _series_label(cs.series[0]) if cs.series else ""
+    return f"CT {first}".strip()
 
 
 def _display_id(pseudonym: str) -> str:
@@ -271,7 +314,7 @@ def _series_write(*, study: Study, cs: CtSeries, label: str, written: list[str])
         study=study,
         series_instance_uid=cs.series_uid,
         series_number=cs.series_number,
-        description=cs.description,
+        description=_series_label(cs),
         modality="CT",
         convolution_kernel=cs.convolution_kernel,
         slice_thickness=cs.slice_thickness,
@@ -300,7 +343,7 @@ def _series_write(*, study: Study, cs: CtSeries, label: str, written: list[str])
             _npy_bytes(inst.hu),
             written,
         )
-        ds = dataset_deidentify(ds=inst.dataset, patient_label=label)
+        ds = dataset_deidentify(ds=inst.dataset, patient_label=label, uid_key=_pseudonym_key())
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         _media_save(f"{dicom_dir}/{index:04d}.dcm", buf.getvalue(), written)
@@ -317,7 +360,6 @@ def _study_write(*, plan: _StudyPlan, uploader, source: str, written: list[str])
             pseudonym=plan.pseudonym,
             display_id=_display_id(plan.pseudonym),
             sex=cs.patient_sex,
-            birth_year=cs.patient_birth_year,
         )
     study, created = plan.existing, plan.existing is None
     if created:
@@ -325,7 +367,7 @@ def _study_write(*, plan: _StudyPlan, uploader, source: str, written: list[str])
             patient=patient,
             study_instance_uid=cs.study_uid,
             study_date=cs.study_date,
-            description=cs.description,
+            description=_study_label(cs),
             uploaded_by=uploader,
             source=source,
         )
@@ -404,6 +446,7 @@ def _import(
             files = files_of(Path(tmp))
             budgets = _decode_budgets(uploader=uploader, quota=quota)
             studies = _studies_read(files, inputs=inputs, budgets=budgets)
+            _uids_pseudonymise(studies)
             if one_series:
                 count = sum(len(s.series) for s in studies)
                 if count != 1:

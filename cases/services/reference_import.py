@@ -9,8 +9,9 @@ the importing admin and an approved reference case; the study is marked reviewed
 Each row is imported on its own, atomically: a bad row is reported with the reason and leaves
 no rows and no media files behind, and the other rows still import. Re-importing creates
 nothing new: image studies get a deterministic StudyInstanceUID from the patient's pseudonym
-and the image's content, DICOM studies keep their own UIDs (ingestion is idempotent), and a
-study that already is a live reference case is left as it is.
+and the image's content, DICOM studies get the keyed pseudonyms of their UIDs (deterministic,
+so ingestion stays idempotent), and a study that already is a live reference case is left as
+it is.
 """
 
 from __future__ import annotations

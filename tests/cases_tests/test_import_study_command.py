@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from cases.models import Series, Slice, Study
+from cases.services.ingestion import uid_pseudonym
 from tests.dicomgen import ct_series_write
 from tests.factories import UserFactory
 
@@ -32,9 +33,10 @@ def test_command_prints_created_then_found_study(admin, tmp_path):
     gen = ct_series_write(folder=tmp_path / "s", slices=3)
     out = run(tmp_path / "s", "--uploader", "importer")
     study = Study.objects.get()
-    assert out.strip() == f"created study {study.pk} ({gen.study_uid}): 1 series, 3 slices"
+    uid = uid_pseudonym(uid=gen.study_uid)  # the stored UID, never the source one
+    assert out.strip() == f"created study {study.pk} ({uid}): 1 series, 3 slices"
     out = run(tmp_path / "s", "--uploader", "importer")
-    assert out.strip() == f"found study {study.pk} ({gen.study_uid}): 1 series, 3 slices"
+    assert out.strip() == f"found study {study.pk} ({uid}): 1 series, 3 slices"
     assert Slice.objects.count() == 3
 
 

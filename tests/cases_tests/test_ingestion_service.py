@@ -4,6 +4,7 @@ refusal of bad input with nothing half-saved."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import os
 import zipfile
@@ -23,6 +24,7 @@ from cases.services.ingestion import (
     series_import_folder,
     study_import_paths,
     study_import_uploads,
+    uid_pseudonym,
 )
 from tests.dicomgen import (
     PATIENT_ID,
@@ -74,17 +76,21 @@ def test_import_stores_study_series_and_slices_in_position_order(user, two_serie
     result = study_import_paths(paths=[folder], uploader=user)
     assert result.created == [True]
     [study] = result.studies
-    assert study.study_instance_uid == a.study_uid
+    # Only the keyed pseudonyms of the source UIDs are stored.
+    assert study.study_instance_uid == uid_pseudonym(uid=a.study_uid)
     assert study.uploaded_by == user and study.status == Study.Status.UPLOADED
     assert str(study.study_date) == "2024-01-15"
     series = list(study.series.order_by("series_number"))
-    assert [s.series_instance_uid for s in series] == [a.series_uid, b.series_uid]
+    assert [s.series_instance_uid for s in series] == [
+        uid_pseudonym(uid=a.series_uid),
+        uid_pseudonym(uid=b.series_uid),
+    ]
     assert [s.slice_count for s in series] == [3, 2]
     first = series[0]
     assert (first.rows, first.columns, first.convolution_kernel) == (32, 32, "B70f")
     assert first.pixel_spacing_row == pytest.approx(0.7)
     slices = list(first.slices.order_by("index"))
-    assert [s.sop_instance_uid for s in slices] == a.sop_uids
+    assert [s.sop_instance_uid for s in slices] == [uid_pseudonym(uid=u) for u in a.sop_uids]
     assert [s.z_position for s in slices] == pytest.approx(a.z)
     for s, expected in zip(slices, a.hu, strict=True):
         with s.pixels.open("rb") as fh:
@@ -99,26 +105,28 @@ def test_import_stores_study_series_and_slices_in_position_order(user, two_serie
 def test_import_stores_deidentified_dicom_copies(user, two_series):
     folder, a, _ = two_series
     [study] = study_import_paths(paths=[folder], uploader=user).studies
-    series = study.series.get(series_instance_uid=a.series_uid)
+    series = study.series.get(series_instance_uid=uid_pseudonym(uid=a.series_uid))
     assert series.dicom_dir == f"studies/{study.pk}/series/{series.pk}/dicom"
     copies = sorted((Path(settings.MEDIA_ROOT) / series.dicom_dir).iterdir())
     assert [p.name for p in copies] == ["0000.dcm", "0001.dcm", "0002.dcm"]
     ds = pydicom.dcmread(copies[1])
-    assert ds.SOPInstanceUID == a.sop_uids[1]
+    assert ds.SOPInstanceUID == uid_pseudonym(uid=a.sop_uids[1])
     assert ds.PatientID == study.patient.display_id
     assert ds.PatientIdentityRemoved == "YES"
     assert PATIENT_ID.encode() not in copies[1].read_bytes()
     np.testing.assert_array_equal(ds.pixel_array.astype(int) - 1024, a.hu[1])
 
 
-def test_patient_is_a_salted_hash_with_birth_year_and_sex_only(user, two_series):
+def test_patient_is_a_keyed_hash_with_sex_only(user, two_series):
     folder, _, _ = two_series
     [study] = study_import_paths(paths=[folder], uploader=user).studies
     patient = study.patient
-    salt = settings.ILDREVIEW_PSEUDONYM_SALT
-    assert patient.pseudonym == hashlib.sha256(f"{salt}{PATIENT_ID}".encode()).hexdigest()
+    key = settings.ILDREVIEW_PSEUDONYM_KEY.encode()
+    message = b"ildreview-patient\x00" + PATIENT_ID.encode()
+    assert patient.pseudonym == hmac.new(key, message, hashlib.sha256).hexdigest()
     assert patient.display_id == "P-" + patient.pseudonym[:8].upper()
-    assert (patient.sex, patient.birth_year) == ("F", 1958)
+    assert patient.sex == "F"
+    assert not hasattr(patient, "birth_year")  # the birth date never reaches the database
 
 
 def test_import_records_an_audit_event(user, two_series):
@@ -150,8 +158,8 @@ def test_new_series_of_a_known_study_is_added_to_it(user, tmp_path):
     assert second.created == [False] and second.new_series == [1]
     assert second.studies[0].pk == first.studies[0].pk
     assert set(second.studies[0].series.values_list("series_instance_uid", flat=True)) == {
-        a.series_uid,
-        b.series_uid,
+        uid_pseudonym(uid=a.series_uid),
+        uid_pseudonym(uid=b.series_uid),
     }
 
 
@@ -170,7 +178,7 @@ def test_series_stored_with_other_instances_is_refused(user, tmp_path):
 
 def test_sop_instance_already_stored_in_another_series_is_refused(user, tmp_path):
     gen = ct_series_write(folder=tmp_path, slices=2)
-    SliceFactory(sop_instance_uid=gen.sop_uids[1], series=SeriesFactory())
+    SliceFactory(sop_instance_uid=uid_pseudonym(uid=gen.sop_uids[1]), series=SeriesFactory())
     with pytest.raises(IngestionError, match="already stored elsewhere") as err:
         study_import_paths(paths=[tmp_path], uploader=user)
     assert err.value.filename.endswith(".dcm")
@@ -192,7 +200,9 @@ def test_upload_accepts_dcm_extensionless_and_zip_files(user, tmp_path):
     assert result.created == [True]
     series = result.studies[0].series.get()
     assert series.slice_count == 4
-    assert list(series.slices.values_list("sop_instance_uid", flat=True)) == gen.sop_uids
+    assert list(series.slices.values_list("sop_instance_uid", flat=True)) == [
+        uid_pseudonym(uid=u) for u in gen.sop_uids
+    ]
     assert result.studies[0].source == Study.Source.UPLOAD
 
 
@@ -339,7 +349,7 @@ def test_series_import_folder_imports_one_series_with_given_source(user, tmp_pat
     )
     assert result.created == [True]
     assert result.studies[0].source == Study.Source.REFERENCE_IMPORT
-    assert result.studies[0].series.get().series_instance_uid == gen.series_uid
+    assert result.studies[0].series.get().series_instance_uid == uid_pseudonym(uid=gen.series_uid)
 
 
 def test_series_import_folder_refuses_a_folder_with_two_series(user, two_series):
