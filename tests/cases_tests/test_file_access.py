@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
+from django.core.files.storage import InMemoryStorage, default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
 from django.test.testcases import LiveServerThread
@@ -364,3 +364,28 @@ def test_an_upload_whose_uids_name_another_studys_folder_changes_none_of_its_fil
         with default_storage.open(key, "rb") as fh:
             assert fh.read() == data, key
     assert Study.objects.filter(uploaded_by=victim).count() == 1
+
+
+def test_files_are_written_and_served_through_the_storage_api_alone(settings, tmp_path, client):
+    """With a storage that has no filesystem at all (as S3 has none that the app could use),
+    an upload stores its files and every file view serves them; MEDIA_ROOT stays empty."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
+    }
+    settings.MEDIA_ROOT = str(tmp_path / "unused-media")
+    assert isinstance(default_storage, InMemoryStorage)
+    user = UserFactory(role="Clinician")
+    ct_series_write(folder=tmp_path / "in", slices=2)
+    [study] = _upload(tmp_path / "in", user).studies
+    client.force_login(user)
+
+    for slice_ in Slice.objects.filter(series__study=study):
+        assert default_storage.exists(slice_.pixels.name)
+        pixels = client.get(reverse("api-file-slice-npy", args=[slice_.pk]))
+        assert content(pixels).startswith(b"\x93NUMPY")
+        dicom = client.get(reverse("api-file-slice-dcm", args=[slice_.pk]))
+        assert content(dicom)[128:132] == b"DICM"
+        png = client.get(reverse("cases:slice_png", args=[slice_.pk]))
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    assert not (tmp_path / "unused-media").exists()
