@@ -20,9 +20,7 @@ class Patient(models.Model):
         OTHER = "O", "Other"
         UNKNOWN = "", "Unknown"
 
-    pseudonym = models.CharField(
-        max_length=64, unique=True, help_text="HMAC-SHA256 of PatientID"
-    )
+    pseudonym = models.CharField(max_length=64, unique=True, help_text="HMAC-SHA256 of PatientID")
     display_id = models.CharField(max_length=32, unique=True, help_text="Short id shown in the UI")
     sex = models.CharField(max_length=1, choices=Sex.choices, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
