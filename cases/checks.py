@@ -15,7 +15,7 @@ def pseudonym_key_check(app_configs, **kwargs) -> list[Error]:
     pseudonym is a plain hash of the MRN and can be reversed by trying MRNs."""
     if settings.DEBUG:
         return []
-    key = getattr(settings, "ILDREVIEW_PSEUDONYM_KEY", "") or ""
+    key = settings.ILDREVIEW_PSEUDONYM_KEY
     if key and key != settings.ILDREVIEW_PSEUDONYM_DEV_KEY and len(key) >= PSEUDONYM_KEY_MIN_LENGTH:
         return []
     return [

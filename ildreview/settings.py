@@ -226,7 +226,8 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # Pipeline (retrieval/pipeline/): index backend, results per study, time limits and recovery.
-ILDREVIEW_INDEX_BACKEND = env.str("ILDREVIEW_INDEX_BACKEND", default="lsh")
+# An empty value means the default too.
+ILDREVIEW_INDEX_BACKEND = env.str("ILDREVIEW_INDEX_BACKEND", default="lsh") or "lsh"
 ILDREVIEW_RESULTS_TOP_K = env.int("ILDREVIEW_RESULTS_TOP_K", default=8)
 ILDREVIEW_STAGE_SOFT_TIME_LIMIT_S = env.int("ILDREVIEW_STAGE_SOFT_TIME_LIMIT_S", default=1200)
 ILDREVIEW_LONG_SOFT_TIME_LIMIT_S = env.int("ILDREVIEW_LONG_SOFT_TIME_LIMIT_S", default=3600)
@@ -239,6 +240,8 @@ ILDREVIEW_UPLOADED_GRACE_S = env.int("ILDREVIEW_UPLOADED_GRACE_S", default=300)
 # Torch intra-op threads per worker process: 1 by default, because several processes (web,
 # worker, other workers) share the CPU and oversubscribed OpenMP threads are up to 20x slower.
 ILDREVIEW_TORCH_THREADS = env.int("ILDREVIEW_TORCH_THREADS", default=1)
+# Slices embedded per forward pass when a study or reference case is embedded (memory vs speed).
+ILDREVIEW_EMBED_BATCH = env.int("ILDREVIEW_EMBED_BATCH", default=8)
 # `manage.py bootstrap_model`: backbone weights ("imagenet", "random" for tests, or a file),
 # image size and epochs of the head-only model trained on the approved library.
 ILDREVIEW_BOOTSTRAP_WEIGHTS = env.str("ILDREVIEW_BOOTSTRAP_WEIGHTS", default="imagenet")

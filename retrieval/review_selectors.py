@@ -49,7 +49,7 @@ _CLASS_NAMES = {
 
 
 def results_default_k() -> int:
-    return int(getattr(settings, "ILDREVIEW_RESULTS_TOP_K", 8))
+    return settings.ILDREVIEW_RESULTS_TOP_K
 
 
 @dataclass(frozen=True)

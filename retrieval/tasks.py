@@ -35,8 +35,8 @@ try:  # redis-py's errors do not derive from the builtin ConnectionError
 except ImportError:  # pragma: no cover
     pass
 
-STAGE_SOFT_LIMIT = getattr(settings, "ILDREVIEW_STAGE_SOFT_TIME_LIMIT_S", 1200)
-LONG_SOFT_LIMIT = getattr(settings, "ILDREVIEW_LONG_SOFT_TIME_LIMIT_S", 3600)
+STAGE_SOFT_LIMIT = settings.ILDREVIEW_STAGE_SOFT_TIME_LIMIT_S
+LONG_SOFT_LIMIT = settings.ILDREVIEW_LONG_SOFT_TIME_LIMIT_S
 RETRY = {
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": 5,
@@ -181,7 +181,7 @@ def stale_jobs_requeue() -> list[int]:
 def _recover_on_worker_ready(sender=None, **kwargs):
     """Re-enqueue what a previous incarnation of this worker was running when it died, then
     keep sweeping for stale jobs of any worker."""
-    if getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False):
+    if settings.CELERY_TASK_ALWAYS_EAGER:
         return
     from retrieval.pipeline.recovery import recovery_thread_start
 

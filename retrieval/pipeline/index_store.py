@@ -58,7 +58,7 @@ class LiveIndex:
 
 
 def index_backend() -> str:
-    return getattr(settings, "ILDREVIEW_INDEX_BACKEND", "lsh") or "lsh"
+    return settings.ILDREVIEW_INDEX_BACKEND
 
 
 def index_dir(*, model_version_id: int) -> Path:

@@ -44,10 +44,8 @@ def stale_jobs_requeue(
 ) -> list[int]:
     """Re-enqueue lost jobs (see module docstring); returns the study ids re-enqueued."""
     now = timezone.now()
-    stale_running = now - timedelta(seconds=getattr(settings, "ILDREVIEW_STALE_AFTER_S", 300))
-    stale_queued = now - timedelta(
-        seconds=getattr(settings, "ILDREVIEW_QUEUED_STALE_AFTER_S", 3600)
-    )
+    stale_running = now - timedelta(seconds=settings.ILDREVIEW_STALE_AFTER_S)
+    stale_queued = now - timedelta(seconds=settings.ILDREVIEW_QUEUED_STALE_AFTER_S)
     cond = (
         Q(state=StudyJob.State.RUNNING, heartbeat_at__lt=stale_running)
         | Q(state=StudyJob.State.QUEUED, heartbeat_at__lt=stale_queued)
@@ -68,7 +66,7 @@ def stale_jobs_requeue(
 
 def uploaded_studies_enqueue() -> list[int]:
     """Queue uploaded studies left unqueued past the grace period; returns their ids."""
-    grace = timedelta(seconds=getattr(settings, "ILDREVIEW_UPLOADED_GRACE_S", 300))
+    grace = timedelta(seconds=settings.ILDREVIEW_UPLOADED_GRACE_S)
     candidates = Study.objects.filter(
         status=Study.Status.UPLOADED,
         source=Study.Source.UPLOAD,
@@ -116,7 +114,7 @@ def _requeue_one(*, job_id: int, run_id: str) -> int | None:
 
 def recovery_thread_start(*, hostname: str) -> threading.Thread:
     """Sweep for lost jobs now and then every ILDREVIEW_RECOVERY_INTERVAL_S in a daemon thread."""
-    interval = float(getattr(settings, "ILDREVIEW_RECOVERY_INTERVAL_S", 60))
+    interval = settings.ILDREVIEW_RECOVERY_INTERVAL_S
     started = PROCESS_STARTED
 
     def loop():

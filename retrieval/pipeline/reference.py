@@ -66,7 +66,7 @@ def reference_case_embed(*, reference_case: ReferenceCase, model_version: ModelV
             keep.append((slice_obj, prepared, rad, main))
     vectors = np.zeros((0, 0), np.float32)
     if keep:
-        batch = int(getattr(settings, "ILDREVIEW_EMBED_BATCH", 8))
+        batch = settings.ILDREVIEW_EMBED_BATCH
         parts = [
             embed_with_radiomics(
                 model=model,

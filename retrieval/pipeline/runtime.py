@@ -38,7 +38,7 @@ def torch_threads_configure() -> None:
     global _threads_set
     if _threads_set:
         return
-    threads = int(getattr(settings, "ILDREVIEW_TORCH_THREADS", 1) or 0)
+    threads = settings.ILDREVIEW_TORCH_THREADS
     if threads > 0:
         import torch
 

@@ -63,7 +63,7 @@ MAIN_RADIOMICS = (
 
 
 def results_top_k() -> int:
-    return int(getattr(settings, "ILDREVIEW_RESULTS_TOP_K", 8))
+    return settings.ILDREVIEW_RESULTS_TOP_K
 
 
 def min_lung_fraction() -> float:
@@ -270,7 +270,7 @@ def study_embed(*, study_id: int, run_id: str) -> bool:
         .select_related("slice")
         .order_by("slice__series__series_number", "slice__series_id", "slice__index")
     )
-    batch = int(getattr(settings, "ILDREVIEW_EMBED_BATCH", 8))
+    batch = settings.ILDREVIEW_EMBED_BATCH
     for start in range(0, len(feats), batch):
         chunk = feats[start : start + batch]
         prepared = [slice_prepare(slice_obj=f.slice, size=size) for f in chunk]
