@@ -5,3 +5,15 @@ class RetrievalConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "retrieval"
     verbose_name = "Retrieval"
+
+    def ready(self) -> None:
+        from cases import signals
+        from retrieval import receivers
+
+        signals.study_imported.connect(
+            receivers.study_imported_enqueue, dispatch_uid="retrieval.study_imported_enqueue"
+        )
+        signals.reference_library_changed.connect(
+            receivers.reference_library_changed_sync,
+            dispatch_uid="retrieval.reference_library_changed_sync",
+        )

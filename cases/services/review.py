@@ -2,9 +2,9 @@
 
 Every function runs in one transaction and appends an AuditEvent. Reference cases move
 proposed -> approved | rejected, approved -> retired; approval and rejection must come from an
-expert other than the proposer (the "second expert" rule). Approval and retirement enqueue the
-incremental index sync only after the transaction commits, so a worker never sees a state that
-was rolled back.
+expert other than the proposer (the "second expert" rule). Approval and retirement send
+`cases.signals.reference_library_changed` only after the transaction commits (the retrieval app
+then enqueues the incremental index sync), so a worker never sees a state that was rolled back.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from cases.models import Diagnosis, ExpertLabel, ReferenceCase, Study
 from cases.permissions import is_admin, is_expert
 from cases.selectors_review import study_current_label
 from cases.services.audit import audit_event_record
+from cases.signals import reference_library_changed
 
 LIVE_STATES = (ReferenceCase.State.PROPOSED, ReferenceCase.State.APPROVED)
 
@@ -39,15 +40,14 @@ def _copy_state(target: ReferenceCase, source: ReferenceCase) -> None:
         setattr(target, field, getattr(source, field))
 
 
-def _reference_sync_enqueue(reference_case_id: int) -> None:
-    """Ask a worker to add (approved) or remove (retired) the case in the retrieval index.
-
-    Imported here, not at module level: the task module pulls in the ML engine, which page and
-    API processes should not load just to write a label.
-    """
-    from retrieval.tasks import reference_case_sync
-
-    reference_case_sync.delay(reference_case_id)
+def _library_changed_announce(reference_case_id: int) -> None:
+    """Once committed, tell the apps above (the retrieval index) that the case joined or left
+    the approved library."""
+    transaction.on_commit(
+        lambda: reference_library_changed.send(
+            sender=ReferenceCase, reference_case_id=reference_case_id
+        )
+    )
 
 
 def expert_label_set(
@@ -170,8 +170,7 @@ def _decide(
             },
         )
         if to_state == ReferenceCase.State.APPROVED:
-            pk = locked.pk
-            transaction.on_commit(lambda: _reference_sync_enqueue(pk))
+            _library_changed_announce(locked.pk)
     return reference_case
 
 
@@ -224,6 +223,5 @@ def reference_case_retire(*, reference_case: ReferenceCase, actor: Any) -> Refer
             obj=locked,
             detail={"study_id": locked.study_id, "diagnosis": locked.diagnosis.code},
         )
-        pk = locked.pk
-        transaction.on_commit(lambda: _reference_sync_enqueue(pk))
+        _library_changed_announce(locked.pk)
     return reference_case

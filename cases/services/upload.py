@@ -7,6 +7,7 @@ from django.core.files.uploadedfile import UploadedFile
 
 from cases.models import Study
 from cases.services.ingestion import ImportResult, study_import_uploads
+from cases.signals import study_imported
 
 
 def study_upload(*, files: list[UploadedFile], uploader: AbstractBaseUser) -> ImportResult:
@@ -16,17 +17,18 @@ def study_upload(*, files: list[UploadedFile], uploader: AbstractBaseUser) -> Im
     All or nothing: the processing job is created in the import's own transaction, so a
     client that gets an error has no saved study and one that gets a success has its study
     queued exactly once; the broker message is sent after the commit (a lost one is re-sent
-    by the recovery sweep, `retrieval.pipeline.recovery`)."""
-    # Imported here: the retrieval app depends on the cases app, not the other way round.
-    from retrieval.pipeline.services import study_enqueue_processing
+    by the recovery sweep). The queueing itself is the retrieval app's receiver of
+    `cases.signals.study_imported`, sent here inside the import's transaction."""
 
-    def enqueue_unprocessed(result: ImportResult) -> None:
+    def announce_unprocessed(result: ImportResult) -> None:
         pks = [study.pk for study in result.studies]
         pending = Study.objects.filter(pk__in=pks, status=Study.Status.UPLOADED).order_by("pk")
         for study in pending:
-            study_enqueue_processing(study=study)
+            study_imported.send(sender=Study, study=study)
 
-    result = study_import_uploads(files=files, uploader=uploader, before_commit=enqueue_unprocessed)
+    result = study_import_uploads(
+        files=files, uploader=uploader, before_commit=announce_unprocessed
+    )
     for study in result.studies:
         study.refresh_from_db()
     return result
