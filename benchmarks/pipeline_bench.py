@@ -83,7 +83,7 @@ def bench_backbone(name: str, slices: list[np.ndarray]) -> dict:
     else:
         try:
             backbone = build_backbone(
-                name, weights=resnet_file if name == "resnet50" else "imagenet", device="cpu"
+                name, weights="imagenet", imagenet_file=resnet_file, device="cpu"
             )
         except BackboneWeightsUnavailable:
             backbone = build_backbone(name, weights="random", device="cpu")

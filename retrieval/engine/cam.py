@@ -70,7 +70,7 @@ def similarity_cam(model, query, other) -> np.ndarray:
     backbone = model.backbone
     head = model.head
     device = next(backbone.parameters()).device
-    other_emb = torch.as_tensor(model.embed_prepared([other])[0], dtype=torch.float32)
+    other_emb = torch.as_tensor(model.embed([other])[0], dtype=torch.float32)
     rad = _standardised_radiomics(model, query).to(device) if _head_uses_radiomics(model) else None
     wrapper = _EmbeddingWithFixedRadiomics(backbone, head, rad).to(device)
     # The backbone may be frozen (requires_grad False): ask for the input gradient so that the

@@ -147,6 +147,7 @@ class EvalConfig:
 
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"  # "imagenet" | "random" (tests) | path to a weights file
+    imagenet_file: str | None = None  # local copy of downloaded ImageNet weights (build_backbone)
     size: int = 512
     input_size: int | None = None  # backbone input side (None: the slice size)
     epochs: int = 30
@@ -205,7 +206,12 @@ def extract_features(
     from retrieval.engine.features import FeatureCache, FeatureExtractor
     from retrieval.engine.radiomics import RadiomicsExtractor
 
-    backbone = build_backbone(config.backbone, weights=config.weights, device=config.device)
+    backbone = build_backbone(
+        config.backbone,
+        weights=config.weights,
+        imagenet_file=config.imagenet_file,
+        device=config.device,
+    )
     extractor = FeatureExtractor(backbone, RadiomicsExtractor(), input_size=config.input_size)
     cache = FeatureCache(config.cache_dir) if config.cache_dir else None
 

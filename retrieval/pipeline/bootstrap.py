@@ -1,10 +1,11 @@
-"""Training a first head-only model on the approved reference library (engine functions only).
+"""Training a first head-only model on the approved reference library.
 
-Frozen backbone (`ILDREVIEW_BACKBONE`, weights `ILDREVIEW_BOOTSTRAP_WEIGHTS`) + GeM deep
+The engine's recipe (`retrieval.engine.recipe.train_retrieval_model`) with the library's
+settings: frozen backbone (`ILDREVIEW_BACKBONE`, weights `ILDREVIEW_BOOTSTRAP_WEIGHTS`), deep
 features and radiomics of every usable slice of the approved cases (at most
 `MAX_SLICES_PER_CASE` per case, evenly spread, so one long CT does not outweigh the rest),
-radiomics standardisation fitted on them, ILD-FFN trained with the paper's contrastive loss;
-saved as an engine artefact folder.
+ILD-FFN trained with the paper's contrastive loss; saved as an engine artefact folder. Admin
+training runs (`training.py`) use the same function, `artefact_train`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,6 @@ from cases.models import ReferenceCase, Slice
 from retrieval.pipeline.runtime import slice_prepare
 
 MAX_SLICES_PER_CASE = 16
-
-
-def _backbone_weights() -> str:
-    weights = settings.ILDREVIEW_BOOTSTRAP_WEIGHTS
-    if settings.ILDREVIEW_BACKBONE == "resnet50" and weights == "imagenet":
-        return settings.ILDREVIEW_RESNET50_WEIGHTS or weights
-    return weights
 
 
 def library_prepare(
@@ -71,7 +65,7 @@ def bootstrap_train(
         class_names=class_names,
         out_dir=out_dir,
         backbone_name=settings.ILDREVIEW_BACKBONE,
-        weights=_backbone_weights(),
+        weights=settings.ILDREVIEW_BOOTSTRAP_WEIGHTS,
         size=size,
         epochs=int(epochs or settings.ILDREVIEW_BOOTSTRAP_EPOCHS),
     )
@@ -88,86 +82,40 @@ def artefact_train(
     size: int,
     epochs: int,
 ) -> Path:
-    """Django-free core: frozen-backbone features of prepared slices, standardised radiomics,
-    head-only ILD-FFN training; saves a `RetrievalModel` artefact to `out_dir`."""
+    """The library's recipe (`train_retrieval_model`: frozen backbone, head-only ILD-FFN,
+    seed 0) on prepared slices labelled by index into `class_names`; saves the artefact to
+    `out_dir`. `weights` "imagenet" of a downloaded backbone means the file of
+    `ILDREVIEW_RESNET50_WEIGHTS` when that is set."""
     import torch
 
-    from retrieval.engine.artefact import RetrievalModel
-    from retrieval.engine.backbones import build_backbone
-    from retrieval.engine.radiomics import RadiomicsError, RadiomicsExtractor, Standardizer
-    from retrieval.engine.training import TrainConfig, train_head
+    from retrieval.engine.recipe import RecipeConfig, train_retrieval_model
+    from retrieval.engine.training import TrainConfig
     from retrieval.pipeline.runtime import torch_threads_configure
 
     torch_threads_configure()
-    if len(set(labels)) < 2:
-        raise ValueError("bootstrap: usable slices of at least two diagnoses are needed")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    backbone = build_backbone(backbone_name, weights=weights, device=device)
-    radiomics = RadiomicsExtractor()
-    # Per slice, so that one degenerate mask drops that slice instead of the whole run.
-    rows, kept, kept_labels = [], [], []
-    for p, label in zip(prepared, labels, strict=True):
-        try:
-            rows.append(radiomics.extract(p.image, p.mask))
-        except RadiomicsError:
-            continue
-        kept.append(p)
-        kept_labels.append(label)
-    if len(set(kept_labels)) < 2:
-        raise ValueError("bootstrap: usable slices of at least two diagnoses are needed")
-    labels = kept_labels
-    rad = np.vstack(rows)
-    deep = deep_features(backbone=backbone, prepared=kept)
-    standardizer = Standardizer().fit(rad)
-    config = TrainConfig(
-        epochs=epochs,
-        mode="head",
-        fusion="ildffn",
-        seed=0,
-        reduce_deep=bootstrap_reduce_deep(device=device),
+    config = RecipeConfig(
+        backbone=backbone_name,
+        weights=weights,
+        imagenet_file=settings.ILDREVIEW_RESNET50_WEIGHTS,
+        size=size,
+        train=TrainConfig(
+            epochs=epochs,
+            mode="head",
+            fusion="ildffn",
+            seed=0,
+            reduce_deep=bootstrap_reduce_deep(device=device),
+        ),
+        feature_batch=8,
+        device=device,
     )
-    head, metrics = train_head(
-        deep=deep, rad=standardizer.transform(rad), labels=np.asarray(labels), config=config
-    )
-    model = RetrievalModel.from_parts(
-        backbone=backbone,
-        radiomics=radiomics,
-        standardizer=standardizer,
-        head=head,
-        class_names=list(class_names),
-        config={**_config_dict(config), "size": size, "weights": weights},
-        metrics=metrics,
+    model = train_retrieval_model(
+        prepared, [class_names[i] for i in labels], config, class_names=class_names
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir)
     return out_dir
-
-
-def deep_features(
-    *, backbone, prepared: list, batch: int = 8, input_size: int | None = None
-) -> np.ndarray:
-    """Backbone + GeM vectors (N, C) of prepared slices, in batches, without gradients
-    (`input_size`: the model's backbone input side when it differs from the slice size)."""
-    import torch
-
-    from retrieval.engine.backbones import images_to_tensor
-
-    device = next(backbone.parameters()).device
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(prepared), batch):
-            x = images_to_tensor([p.image for p in prepared[i : i + batch]], size=input_size).to(
-                device
-            )
-            out.append(backbone(x).detach().cpu().numpy().astype(np.float32))
-    return np.vstack(out)
-
-
-def _config_dict(config) -> dict:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(config) if is_dataclass(config) else dict(vars(config))
 
 
 def bootstrap_reduce_deep(*, device: str) -> int | None:

@@ -64,7 +64,9 @@ def model_load(*, model_version: ModelVersion):
                 raise PipelineDataError(
                     f"model version {model_version.name!r}: artefact folder {path} is missing"
                 )
-            model = RetrievalModel.load(path, device=_device())
+            model = RetrievalModel.load(
+                path, device=_device(), imagenet_file=settings.ILDREVIEW_RESNET50_WEIGHTS
+            )
             _models[key] = model
         return model
 

@@ -48,7 +48,7 @@ def _model(radiomics, *, fusion="ildffn") -> RetrievalModel:
         head = ILDFFN(backbone.out_dim, dim, 16)
     else:
         head = ProjectionHead(dim, 16)
-    return RetrievalModel.from_parts(
+    return RetrievalModel(
         backbone=backbone,
         radiomics=radiomics,
         standardizer=standardizer,
@@ -61,12 +61,12 @@ def _model(radiomics, *, fusion="ildffn") -> RetrievalModel:
 
 def test_round_trip_gives_identical_embeddings(tmp_path, radiomics, slices):
     model = _model(radiomics)
-    before = model.embed_prepared(slices)
+    before = model.embed(slices)
     assert before.shape == (3, 16) and before.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(before, axis=1), 1.0, rtol=1e-5)
     model.save(tmp_path / "m")
     loaded = RetrievalModel.load(tmp_path / "m", device="cpu")
-    np.testing.assert_array_equal(loaded.embed_prepared(slices), before)
+    np.testing.assert_array_equal(loaded.embed(slices), before)
     assert loaded.class_names == ["Normal", "UIP"]
     assert loaded.backbone_weights_sha256 == model.backbone_weights_sha256
     assert loaded.radiomics_params == model.radiomics_params
@@ -81,7 +81,7 @@ def test_embed_features_standardises_raw_radiomics(radiomics, slices):
     raw = model.embed_features(deep, rad)
     pre = model.embed_features(deep, model.standardizer.transform(rad), standardized=True)
     np.testing.assert_allclose(raw, pre, rtol=1e-6)
-    np.testing.assert_allclose(raw, model.embed_prepared(slices), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(raw, model.embed(slices), rtol=1e-5, atol=1e-6)
 
 
 def test_config_json_records_provenance(tmp_path, radiomics):
@@ -100,7 +100,7 @@ def test_config_json_records_provenance(tmp_path, radiomics):
 def test_pretrained_backbone_is_rebuilt_and_its_hash_checked(tmp_path, radiomics):
     backbone = build_backbone("efficientnet_lite0", weights="imagenet", device="cpu")
     dim = len(radiomics.feature_names)
-    model = RetrievalModel.from_parts(
+    model = RetrievalModel(
         backbone=backbone,
         radiomics=radiomics,
         standardizer=Standardizer().fit(np.random.default_rng(0).normal(size=(4, dim))),

@@ -9,7 +9,6 @@ import torch
 
 from retrieval.engine.backbones import (
     BACKBONES,
-    RESNET50_WEIGHTS_ENV,
     BackboneWeightsUnavailable,
     GeM,
     build_backbone,
@@ -129,7 +128,7 @@ def test_lite0_weights_hash_is_the_package_file_hash(pretrained_lite0):
     assert pretrained_lite0.weights_sha256 == digest
 
 
-def test_resnet50_weights_from_a_configured_file(tmp_path, monkeypatch):
+def test_resnet50_weights_from_a_configured_file(tmp_path):
     import hashlib
 
     from torchvision.models import resnet50
@@ -138,8 +137,7 @@ def test_resnet50_weights_from_a_configured_file(tmp_path, monkeypatch):
     path = tmp_path / "resnet50.pth"
     reference = resnet50(weights=None)
     torch.save(reference.state_dict(), path)
-    monkeypatch.setenv(RESNET50_WEIGHTS_ENV, str(path))
-    net = build_backbone("resnet50", weights="imagenet", device="cpu")
+    net = build_backbone("resnet50", weights="imagenet", imagenet_file=path, device="cpu")
     assert net.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     torch.testing.assert_close(net.features[0].weight, reference.conv1.weight)
     assert net.target_layer is net.features[-1][-1]
@@ -147,10 +145,11 @@ def test_resnet50_weights_from_a_configured_file(tmp_path, monkeypatch):
     assert also.weights_sha256 == net.weights_sha256
 
 
-def test_missing_weight_file_is_an_error_never_random(tmp_path, monkeypatch):
-    monkeypatch.setenv(RESNET50_WEIGHTS_ENV, str(tmp_path / "nope.pth"))
+def test_missing_weight_file_is_an_error_never_random(tmp_path):
     with pytest.raises(BackboneWeightsUnavailable, match="nope.pth"):
-        build_backbone("resnet50", weights="imagenet", device="cpu")
+        build_backbone(
+            "resnet50", weights="imagenet", imagenet_file=tmp_path / "nope.pth", device="cpu"
+        )
     with pytest.raises(BackboneWeightsUnavailable, match="not found"):
         build_backbone("efficientnet_lite0", weights=str(tmp_path / "x.pth"), device="cpu")
 

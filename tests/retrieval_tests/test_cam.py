@@ -27,7 +27,7 @@ def _model(*, weights: str, size: int):
     rng = np.random.default_rng(0)
     standardizer = Standardizer().fit(rng.normal(size=(8, dim)))
     head = ILDFFN(deep_dim=backbone.out_dim, rad_dim=dim, embed_dim=32)
-    return RetrievalModel.from_parts(
+    return RetrievalModel(
         backbone=backbone,
         radiomics=radiomics,
         standardizer=standardizer,
@@ -111,7 +111,7 @@ def test_cam_leaves_the_model_in_eval_mode_and_its_embeddings_unchanged():
 
     backbone = build_backbone("efficientnet_lite0", weights="random")
     head = ProjectionHead(backbone.out_dim, 16).eval()
-    model = RetrievalModel.from_parts(
+    model = RetrievalModel(
         backbone=backbone,
         radiomics=RadiomicsExtractor(),
         standardizer=None,
@@ -124,7 +124,7 @@ def test_cam_leaves_the_model_in_eval_mode_and_its_embeddings_unchanged():
         prepare_slice(chest_phantom(size=64, pattern=p, seed=1)[0], is_windowed=False, size=64)
         for p in ("normal", "consolidation")
     ]
-    before = model.embed_prepared(slices)
+    before = model.embed(slices)
     similarity_cam(model, slices[0], slices[1])
     assert not backbone.training and not head.training
-    np.testing.assert_allclose(model.embed_prepared(slices), before, atol=1e-6)
+    np.testing.assert_allclose(model.embed(slices), before, atol=1e-6)

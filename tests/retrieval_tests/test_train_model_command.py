@@ -45,7 +45,7 @@ def test_train_model_saves_a_loadable_artefact_and_registers_the_active_version(
     from retrieval.engine.preprocess import load_image_file, prepare_slice
 
     pixels, windowed = load_image_file(next((tmp_path / "data").glob("*.png")))
-    emb = model.embed_prepared([prepare_slice(pixels, is_windowed=windowed, size=64)])
+    emb = model.embed([prepare_slice(pixels, is_windowed=windowed, size=64)])
     assert emb.shape == (1, 16)
     assert np.linalg.norm(emb[0]) == pytest.approx(1.0, abs=1e-4)
 

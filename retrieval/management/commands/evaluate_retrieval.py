@@ -70,6 +70,7 @@ class Command(BaseCommand):
         config = EvalConfig(
             backbone=opts["backbone"],
             weights=opts["weights"],
+            imagenet_file=settings.ILDREVIEW_RESNET50_WEIGHTS or None,
             size=opts["size"],
             epochs=opts["epochs"],
             embed_dim=opts["embed_dim"],

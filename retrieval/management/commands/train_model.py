@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
@@ -60,7 +58,6 @@ class Command(BaseCommand):
 
             if ModelVersion.objects.filter(name=name).exists():
                 raise CommandError(f"a model version named {name!r} already exists")
-        weights = opts["weights"] or _default_weights(opts["backbone"])
         quiet = opts["verbosity"] < 1
 
         if opts["from_library"]:
@@ -77,7 +74,7 @@ class Command(BaseCommand):
             raise CommandError(f"{source}: training needs at least two classes")
 
         try:
-            model = _train(prepared, labels, opts=opts, weights=weights, quiet=quiet)
+            model = _train(prepared, labels, opts=opts)
         except Exception as exc:  # engine errors: report them without a half-written folder
             _remove_partial(out)
             raise CommandError(f"training failed: {exc}") from exc
@@ -101,12 +98,6 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             state = "registered and activated" if version.is_active else "registered"
             self.stdout.write(self.style.SUCCESS(f"model version {version.name!r} {state}"))
-
-
-def _default_weights(backbone: str) -> str:
-    if backbone == "resnet50" and settings.ILDREVIEW_RESNET50_WEIGHTS:
-        return settings.ILDREVIEW_RESNET50_WEIGHTS
-    return "imagenet"
 
 
 def _remove_partial(out: Path) -> None:
@@ -147,50 +138,23 @@ def _library_slices(*, size: int, quiet: bool):
     return prepared, labels, patients
 
 
-def _train(prepared, labels, *, opts, weights: str, quiet: bool):
-    import torch
+def _train(prepared, labels, *, opts):
+    from retrieval.engine.recipe import RecipeConfig, train_retrieval_model
+    from retrieval.engine.training import TrainConfig
 
-    from retrieval.engine.artefact import RetrievalModel
-    from retrieval.engine.backbones import build_backbone
-    from retrieval.engine.features import FeatureExtractor
-    from retrieval.engine.radiomics import RadiomicsExtractor, Standardizer
-    from retrieval.engine.training import TrainConfig, train_end_to_end, train_head
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    class_names = sorted(set(labels))
-    y = np.array([class_names.index(label) for label in labels], dtype=np.int64)
-    backbone = build_backbone(opts["backbone"], weights=weights, device=device)
-    radiomics = RadiomicsExtractor()
-    config = TrainConfig(
-        loss=opts["loss"],
-        epochs=opts["epochs"],
-        embed_dim=opts["embed_dim"],
-        mode=opts["mode"],
-        seed=opts["seed"],
-        fusion=opts["fusion"],
-        reduce_deep=opts["reduce_deep"],
+    config = RecipeConfig(
+        backbone=opts["backbone"],
+        weights=opts["weights"] or "imagenet",
+        imagenet_file=settings.ILDREVIEW_RESNET50_WEIGHTS,
+        size=opts["size"],
+        train=TrainConfig(
+            loss=opts["loss"],
+            epochs=opts["epochs"],
+            embed_dim=opts["embed_dim"],
+            mode=opts["mode"],
+            seed=opts["seed"],
+            fusion=opts["fusion"],
+            reduce_deep=opts["reduce_deep"],
+        ),
     )
-    extractor = FeatureExtractor(backbone, radiomics)
-    deep, rad = extractor.extract(prepared)
-    standardizer = Standardizer().fit(rad)
-    if opts["mode"] == "head":
-        head, train_metrics = train_head(
-            deep=deep, rad=standardizer.transform(rad), labels=y, config=config
-        )
-    else:
-        head, train_metrics = train_end_to_end(
-            backbone=backbone,
-            slices=prepared,
-            rad=standardizer.transform(rad),
-            labels=y,
-            config=config,
-        )
-    return RetrievalModel.from_parts(
-        backbone=backbone,
-        radiomics=radiomics,
-        standardizer=standardizer,
-        head=head,
-        class_names=class_names,
-        config={**asdict(config), "size": opts["size"], "weights": weights},
-        metrics=train_metrics,
-    )
+    return train_retrieval_model(prepared, labels, config)
