@@ -1,8 +1,20 @@
-"""Reading 2-D reference images of a manifest (free of Django: bytes in, arrays out).
+"""The one decoder of 2-D image files (free of Django: bytes in, arrays out).
 
-PNG and JPEG hold already-windowed 8-bit grey (colour is converted to grey); TIFF holds either
-8-bit grey/colour (windowed) or signed 16-bit Hounsfield units. The format is taken from the
-content, not from the file name.
+Both the reference import (`cases.services.reference_import`) and the retrieval engine
+(`retrieval.engine.preprocess.load_image_file`: training and evaluation manifests) read images
+through `reference_image_decode`, so an image the library accepts is read the same way
+everywhere. It lives in `cases` because `cases` imports nothing from `retrieval`, and it imports
+nothing from Django so that the Django-free engine may use it.
+
+Rules (the format is taken from the content, not from the file name):
+- PNG and JPEG hold already-windowed 8-bit grey (colour is converted to grey, ITU-R BT.601);
+  16-bit and float PNGs are refused (Hounsfield units come as a TIFF);
+- TIFF (one page) holds signed 16-bit Hounsfield units or 8-bit grey/colour (windowed); a 3- or
+  4-channel TIFF whose colour channels repeat the same values is that one grey image, so a
+  signed 16-bit one is Hounsfield units too; other TIFFs (unsigned 16-bit, 32-bit, 16-bit
+  colour, several pages) are refused;
+- a single DICOM file, other formats, images with a side under `MIN_SIDE` or over `MAX_SIDE`
+  pixels and decompression bombs are refused.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 MAX_SIDE = 8192  # larger "slices" are refused rather than stored
+MIN_SIDE = 8  # a smaller one is no slice (and leaves nothing to segment)
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as Pillow's "L"
 
@@ -48,6 +61,10 @@ def reference_image_decode(data: bytes) -> ReferenceImage:
         raise ImageReadError(f"expected one 2-D image, got an array of shape {pixels.shape}")
     if max(pixels.shape) > MAX_SIDE:
         raise ImageReadError(f"image of {pixels.shape[1]}x{pixels.shape[0]} is over {MAX_SIDE}")
+    if min(pixels.shape) < MIN_SIDE:
+        raise ImageReadError(
+            f"image of {pixels.shape[1]}x{pixels.shape[0]} is under {MIN_SIDE} pixels a side"
+        )
     return image
 
 
@@ -67,11 +84,15 @@ def _tiff_decode(data: bytes) -> ReferenceImage:
     except Exception as exc:  # tifffile raises many types for damaged files
         raise ImageReadError(f"unreadable TIFF ({exc})") from exc
     array = np.squeeze(array)
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        colour = array[..., :3]
+        if (colour == colour[..., :1]).all():
+            array = array[..., 0]  # grey saved as colour: one image, at any depth
+        elif array.dtype == np.uint8:
+            array = _to_grey(array)
     if array.dtype == np.int16 and array.ndim == 2:
         return ReferenceImage(pixels=array, is_windowed=False, format="TIFF")
-    if array.dtype == np.uint8:
-        if array.ndim == 3 and array.shape[-1] in (3, 4):
-            array = _to_grey(array)
+    if array.dtype == np.uint8 and array.ndim == 2:
         return ReferenceImage(pixels=array, is_windowed=True, format="TIFF")
     raise ImageReadError(
         f"TIFF of type {array.dtype} and shape {array.shape}: expected signed 16-bit "

@@ -379,44 +379,18 @@ def _rgb_to_grey(arr: np.ndarray) -> np.ndarray:
 
 
 def load_image_file(path: str | Path) -> tuple[np.ndarray, bool]:
-    """Read one 2-D image file: PNG/JPEG/BMP (8-bit, is_windowed=True; RGB -> grey) or TIFF
-    (16-bit signed = Hounsfield units, is_windowed=False; 8-bit TIFF as windowed).
+    """Read one 2-D image file with the project's one image decoder
+    (`cases.reference_images.reference_image_decode`, whose docstring gives the rules):
+    (uint8 windowed grey, True) for PNG/JPEG/8-bit TIFF, (int16 Hounsfield units, False) for
+    a signed 16-bit TIFF.
 
     Raises ImageLoadError naming the file and the reason.
     """
+    from cases.reference_images import ImageReadError, reference_image_decode
+
     path = Path(path)
-    suffix = path.suffix.lower()
     try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            arr = np.asarray(tifffile.imread(str(path)))
-            if arr.ndim == 3 and arr.shape[-1] not in (3, 4) and arr.shape[0] == 1:
-                arr = arr[0]
-            if arr.dtype == np.int16 or arr.dtype == np.int32:
-                _check_2d(arr, path)
-                return arr.astype(np.int16), False
-            if arr.dtype == np.uint8 or arr.ndim == 3:
-                arr = _rgb_to_grey(arr) if arr.ndim == 3 else arr
-                _check_2d(arr, path)
-                return arr, True
-            raise ImageLoadError(
-                f"{path}: TIFF of dtype {arr.dtype} is neither 16-bit signed HU nor 8-bit"
-            )
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                raise ImageLoadError(f"{path}: 16-bit {suffix} is not supported; use TIFF for HU")
-            grey = im.convert("L")
-            arr = np.asarray(grey, dtype=np.uint8)
-    except ImageLoadError:
-        raise
-    except Exception as exc:  # PIL/tifffile raise many types; name the file either way
+        image = reference_image_decode(path.read_bytes())
+    except (OSError, ImageReadError) as exc:
         raise ImageLoadError(f"{path}: cannot read image ({exc})") from exc
-    _check_2d(arr, path)
-    return arr, True
-
-
-def _check_2d(arr: np.ndarray, path: Path) -> None:
-    if arr.ndim != 2 or min(arr.shape) < 8:
-        raise ImageLoadError(f"{path}: expected a 2-D image of at least 8x8, got {arr.shape}")
+    return image.pixels, image.is_windowed

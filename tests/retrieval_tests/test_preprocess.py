@@ -95,6 +95,19 @@ def test_load_signed_16_bit_tiff_is_hounsfield_units(tmp_path):
     np.testing.assert_array_equal(arr, hu)
 
 
+def test_load_grey_saved_as_three_channels_is_one_grey_image_at_16_bits_too(tmp_path):
+    hu = _two_lung_hu(64)
+    path = tmp_path / "grey-as-rgb.tif"
+    tifffile.imwrite(path, np.repeat(hu[..., None], 3, axis=-1), photometric="rgb")
+    arr, windowed = load_image_file(path)
+    assert windowed is False
+    np.testing.assert_array_equal(arr, hu)
+    colour = np.stack([hu, hu, hu + 1], axis=-1)
+    tifffile.imwrite(tmp_path / "colour16.tif", colour, photometric="rgb")
+    with pytest.raises(ImageLoadError, match="colour16.tif"):
+        load_image_file(tmp_path / "colour16.tif")
+
+
 def test_load_rejects_a_corrupt_file_naming_it(tmp_path):
     path = tmp_path / "broken.png"
     path.write_bytes(b"not an image at all")
