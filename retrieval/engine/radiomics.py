@@ -26,6 +26,20 @@ import yaml
 from PIL import Image
 
 DEFAULT_PARAMS = Path(__file__).with_name("radiomics_params.yaml")
+# The main features (all enabled by the default parameters), in display order: stored beside
+# each slice's full vector and shown first, side by side, on the review page.
+MAIN_FEATURES = (
+    "original_firstorder_Mean",
+    "original_firstorder_Skewness",
+    "original_firstorder_Kurtosis",
+    "original_firstorder_Entropy",
+    "original_glcm_Contrast",
+    "original_glcm_Correlation",
+    "original_glrlm_RunLengthNonUniformity",
+    "original_glszm_ZoneEntropy",
+    "original_ngtdm_Coarseness",
+    "original_shape2D_PixelSurface",
+)
 
 logging.getLogger("radiomics").setLevel(logging.ERROR)
 
