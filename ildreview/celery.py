@@ -9,8 +9,10 @@ choice is on each task (`retrieval/tasks.py`) and repeated here as routes.
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
+
+from ildreview.broker import filesystem_folders_create
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ildreview.settings")
 
@@ -30,3 +32,14 @@ app.conf.task_routes = {
     "retrieval.tasks.stale_jobs_requeue": {"queue": "cpu"},
 }
 app.autodiscover_tasks()
+
+
+def _broker_folders_create(**kwargs) -> None:
+    """Make the embedded broker's folders before a worker consumes or anyone publishes: kombu's
+    filesystem transport fails on a missing folder, and settings import creates none."""
+    if str(app.conf.broker_url or "").startswith("filesystem://"):
+        filesystem_folders_create(transport_options=app.conf.broker_transport_options or {})
+
+
+signals.worker_init.connect(_broker_folders_create, weak=False)
+signals.before_task_publish.connect(_broker_folders_create, weak=False)

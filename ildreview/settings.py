@@ -13,6 +13,8 @@ from pathlib import Path
 
 import environ
 
+from ildreview.broker import filesystem_transport_options
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("ILDREVIEW_VAR_DIR", BASE_DIR / "var"))
 
@@ -24,7 +26,7 @@ DEBUG = env.bool("DEBUG", default=True)
 
 
 def _secret_key() -> str:
-    """SECRET_KEY from the environment; in DEBUG a dev key kept in an ignored local file."""
+    """SECRET_KEY from the environment; in DEBUG a development key."""
     key = env.str("SECRET_KEY", default="")
     if key:
         return key
@@ -32,10 +34,12 @@ def _secret_key() -> str:
         from django.core.exceptions import ImproperlyConfigured
 
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    # Settings import writes no file: the key that `scripts/run_local.sh` keeps in an ignored
+    # file when there is one (sessions outlive restarts), else a key of this process only.
     path = BASE_DIR / ".local-secret-key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-    return path.read_text().strip()
+    if path.exists():
+        return path.read_text().strip()
+    return secrets.token_urlsafe(50)
 
 
 SECRET_KEY = _secret_key()
@@ -193,18 +197,11 @@ ILDREVIEW_MODEL_DIR = env.path("ILDREVIEW_MODEL_DIR", default=VAR_DIR / "models"
 ILDREVIEW_MIN_LUNG_FRACTION = env.float("ILDREVIEW_MIN_LUNG_FRACTION", default=0.05)
 
 # Celery: Redis when CELERY_BROKER_URL is set; otherwise kombu's filesystem transport under
-# var/ so that a local install needs no broker.
+# var/broker so that a local install needs no broker (folders made when first needed,
+# ildreview/broker.py).
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
-_broker_dir = VAR_DIR / "broker"
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for sub in ("in", "processed"):
-        (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker_dir / "in"),
-        "data_folder_out": str(_broker_dir / "in"),
-        "processed_folder": str(_broker_dir / "processed"),
-        "store_processed": False,
-    }
+    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_transport_options(folder=VAR_DIR / "broker")
 else:
     # Redis redelivers a dead worker's unacknowledged message after this many seconds; it must
     # exceed the longest task's hard time limit (see retrieval/tasks.py). Lost work is picked up
