@@ -165,8 +165,6 @@ def train_head(
     rng = np.random.default_rng(config.seed)
     device = _device(config)
     head = make_head(config, deep_dim=deep.shape[1], rad_dim=rad.shape[1]).to(device)
-    loss_fn = _loss(config)
-    opt = torch.optim.Adam(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     d_all = torch.as_tensor(deep, device=device)
     r_all = torch.as_tensor(rad, device=device)
 
@@ -177,25 +175,33 @@ def train_head(
         return head(d_all[t] if config.fusion == "deep" else r_all[t])
 
     history = _run_epochs(
-        head=head,
-        params_owner=[head],
-        opt=opt,
-        emb_of=emb_of,
-        loss_fn=loss_fn,
-        labels=labels,
-        config=config,
-        rng=rng,
-        progress=progress,
+        [head], emb_of=emb_of, labels=labels, config=config, rng=rng, progress=progress
     )
     return head.eval(), history
 
 
-def _run_epochs(*, head, params_owner, opt, emb_of, loss_fn, labels, config, rng, progress):
+def _run_epochs(
+    modules: list[nn.Module],
+    *,
+    emb_of: Callable[[np.ndarray], torch.Tensor],
+    labels: np.ndarray,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    progress: Progress | None,
+) -> dict:
+    """Train all parameters of `modules` (Adam, the config's loss) for `config.epochs` epochs
+    of anchor batches; returns the metrics (loss per epoch, seconds, sizes)."""
+    loss_fn = _loss(config)
+    opt = torch.optim.Adam(
+        [p for m in modules for p in m.parameters()],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
     n = len(labels)
     t0 = time.perf_counter()
     losses: list[float] = []
     for epoch in range(config.epochs):
-        for m in params_owner:
+        for m in modules:
             m.train()
         order = rng.permutation(n)
         total, batches = 0.0, 0
@@ -253,12 +259,6 @@ def train_end_to_end(
     for p in backbone.parameters():
         p.requires_grad_(True)
     head = make_head(config, deep_dim=deep_dim, rad_dim=rad.shape[1]).to(device)
-    loss_fn = _loss(config)
-    opt = torch.optim.Adam(
-        list(backbone.parameters()) + list(head.parameters()),
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
     r_all = torch.as_tensor(rad, device=device)
 
     def emb_of(idx: np.ndarray) -> torch.Tensor:
@@ -269,15 +269,7 @@ def train_end_to_end(
         return head(deep)
 
     metrics = _run_epochs(
-        head=head,
-        params_owner=[head, backbone],
-        opt=opt,
-        emb_of=emb_of,
-        loss_fn=loss_fn,
-        labels=labels,
-        config=config,
-        rng=rng,
-        progress=progress,
+        [backbone, head], emb_of=emb_of, labels=labels, config=config, rng=rng, progress=progress
     )
     from retrieval.engine.backbones import state_sha256
 

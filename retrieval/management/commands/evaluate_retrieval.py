@@ -9,6 +9,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from retrieval.management.options import (
+    backbone_options,
+    recipe_arguments_add,
+    training_options,
+)
+
 
 class Command(BaseCommand):
     help = (
@@ -21,29 +27,12 @@ class Command(BaseCommand):
         parser.add_argument("manifest", type=Path, help="CSV: path,label,patient_id[,split]")
         parser.add_argument("--folds", type=int, default=5, help="1 = use the split column")
         parser.add_argument("--out", type=Path, required=True, help="report folder")
-        parser.add_argument("--backbone", default=settings.ILDREVIEW_BACKBONE)
-        parser.add_argument(
-            "--weights",
-            default="imagenet",
-            help="imagenet | random (timing/tests only) | path to a weights file",
-        )
-        parser.add_argument("--epochs", type=int, default=30)
-        parser.add_argument("--embed-dim", type=int, default=128)
-        parser.add_argument(
-            "--reduce-deep",
-            type=int,
-            default=None,
-            help="ILD-FFN: project the deep vector to N dims before the outer product "
-            "(default: the paper's full map)",
-        )
-        parser.add_argument("--size", type=int, default=512, help="slice size in pixels")
+        recipe_arguments_add(parser)
         parser.add_argument(
             "--index", default="exact", choices=["exact", "lsh-paper", "lsh", "faiss-hnsw"]
         )
-        parser.add_argument("--limit", type=int, default=None, help="about N rows (quick runs)")
         parser.add_argument("--min-lung-fraction", type=float, default=0.0)
         parser.add_argument("--knn-k", type=int, default=5)
-        parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--no-extras", action="store_true", help="only the 4 paper rows")
         parser.add_argument(
             "--cache-dir",
@@ -68,15 +57,9 @@ class Command(BaseCommand):
         except ManifestError as exc:
             raise CommandError(str(exc)) from exc
         config = EvalConfig(
-            backbone=opts["backbone"],
-            weights=opts["weights"],
-            imagenet_file=settings.ILDREVIEW_RESNET50_WEIGHTS or None,
-            size=opts["size"],
-            epochs=opts["epochs"],
-            embed_dim=opts["embed_dim"],
-            reduce_deep=opts["reduce_deep"],
+            **backbone_options(opts),
+            **training_options(opts),
             index=opts["index"],
-            seed=opts["seed"],
             knn_k=opts["knn_k"],
             min_lung_fraction=opts["min_lung_fraction"],
             extra_variants=() if opts["no_extras"] else EXTRA_VARIANTS,

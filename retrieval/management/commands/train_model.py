@@ -9,6 +9,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from retrieval.management.options import (
+    backbone_options,
+    recipe_arguments_add,
+    training_options,
+)
+
 
 class Command(BaseCommand):
     help = (
@@ -21,24 +27,10 @@ class Command(BaseCommand):
         parser.add_argument("manifest", nargs="?", type=Path, help="CSV: path,label,patient_id")
         parser.add_argument("--from-library", action="store_true", help="train on approved cases")
         parser.add_argument("--out", type=Path, required=True, help="artefact folder")
-        parser.add_argument("--backbone", default=settings.ILDREVIEW_BACKBONE)
-        parser.add_argument(
-            "--weights", default="", help="imagenet (default) | random (tests) | weights file"
-        )
-        parser.add_argument("--epochs", type=int, default=30)
+        recipe_arguments_add(parser)
         parser.add_argument("--loss", choices=["paper", "supcon"], default="paper")
         parser.add_argument("--mode", choices=["head", "end_to_end"], default="head")
         parser.add_argument("--fusion", choices=["ildffn", "deep", "radiomics"], default="ildffn")
-        parser.add_argument("--embed-dim", type=int, default=128)
-        parser.add_argument(
-            "--reduce-deep",
-            type=int,
-            default=None,
-            help="ILD-FFN: project the deep vector to N dims before the outer product",
-        )
-        parser.add_argument("--size", type=int, default=512)
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--limit", type=int, default=None, help="about N rows (quick runs)")
         parser.add_argument("--name", default="", help="model version name (default: folder)")
         parser.add_argument("--register", action="store_true")
         parser.add_argument("--activate", action="store_true", help="implies --register")
@@ -143,18 +135,9 @@ def _train(prepared, labels, *, opts):
     from retrieval.engine.training import TrainConfig
 
     config = RecipeConfig(
-        backbone=opts["backbone"],
-        weights=opts["weights"] or "imagenet",
-        imagenet_file=settings.ILDREVIEW_RESNET50_WEIGHTS,
-        size=opts["size"],
+        **backbone_options(opts),
         train=TrainConfig(
-            loss=opts["loss"],
-            epochs=opts["epochs"],
-            embed_dim=opts["embed_dim"],
-            mode=opts["mode"],
-            seed=opts["seed"],
-            fusion=opts["fusion"],
-            reduce_deep=opts["reduce_deep"],
+            **training_options(opts), loss=opts["loss"], mode=opts["mode"], fusion=opts["fusion"]
         ),
     )
     return train_retrieval_model(prepared, labels, config)
