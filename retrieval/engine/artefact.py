@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from retrieval.engine.fusion import head_from_spec, head_spec
+from retrieval.engine.fusion import head_embed, head_from_spec, head_spec
 from retrieval.engine.radiomics import RadiomicsExtractor, Standardizer
 
 FORMAT_VERSION = 1
@@ -127,18 +127,7 @@ class RetrievalModel:
             deep = deep[None]
         if not standardized and self.standardizer is not None and rad.size:
             rad = self.standardizer.transform(rad)
-        device = next(self.head.parameters()).device
-        self.head.eval()
-        with torch.inference_mode():
-            d = torch.as_tensor(deep, dtype=torch.float32, device=device)
-            r = torch.as_tensor(np.asarray(rad, np.float32), device=device)
-            if self.fusion == "ildffn":
-                out = self.head(d, r)
-            elif self.fusion == "deep":
-                out = self.head(d)
-            else:
-                out = self.head(r)
-        return out.float().cpu().numpy()
+        return head_embed(self.head, self.fusion, deep, rad)
 
     def embed(
         self, slices: list, *, radiomics: np.ndarray | None = None, batch_size: int = 16

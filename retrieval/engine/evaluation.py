@@ -241,21 +241,6 @@ def _search(train_emb: np.ndarray, test_emb: np.ndarray, *, backend: str, k: int
     return np.asarray(ids), np.asarray(scores)
 
 
-def _embed_with_head(head: torch.nn.Module, fusion: str, deep: np.ndarray, rad: np.ndarray):
-    head.eval()
-    device = next(head.parameters()).device
-    with torch.no_grad():
-        d = torch.as_tensor(deep, dtype=torch.float32, device=device)
-        r = torch.as_tensor(rad, dtype=torch.float32, device=device)
-        if fusion == "ildffn":
-            out = head(d, r)
-        elif fusion == "deep":
-            out = head(d)
-        else:
-            out = head(r)
-    return out.cpu().numpy().astype(np.float32)
-
-
 def _variant_embeddings(
     name: str,
     *,
@@ -274,6 +259,7 @@ def _variant_embeddings(
         return metrics.l2_normalise(rad_tr), metrics.l2_normalise(rad_te), {}
     if name == "deep_only":
         return metrics.l2_normalise(deep_tr), metrics.l2_normalise(deep_te), {}
+    from retrieval.engine.fusion import head_embed
     from retrieval.engine.training import TrainConfig, train_head
 
     fusion, loss = TRAINED[name]
@@ -292,8 +278,8 @@ def _variant_embeddings(
     )
     head, train_metrics = train_head(deep=deep_tr, rad=rad_tr, labels=y_tr, config=tc)
     return (
-        _embed_with_head(head, fusion, deep_tr, rad_tr),
-        _embed_with_head(head, fusion, deep_te, rad_te),
+        head_embed(head, fusion, deep_tr, rad_tr),
+        head_embed(head, fusion, deep_te, rad_te),
         train_metrics,
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -120,3 +121,21 @@ def head_from_spec(spec: dict) -> nn.Module:
 
 def head_spec(head: nn.Module) -> dict:
     return {"type": type(head).__name__, "kwargs": dict(head.init_kwargs)}
+
+
+def head_embed(head: nn.Module, fusion: str, deep, rad) -> np.ndarray:
+    """(N, E) float32 embeddings of deep (N, p) and radiomics (N, q) features through `head`
+    (set to eval mode, no gradients), fed as `fusion` says: "ildffn" both, "deep" or
+    "radiomics" one of them."""
+    device = next(head.parameters()).device
+    head.eval()
+    with torch.inference_mode():
+        d = torch.as_tensor(np.asarray(deep, np.float32), device=device)
+        r = torch.as_tensor(np.asarray(rad, np.float32), device=device)
+        if fusion == "ildffn":
+            out = head(d, r)
+        elif fusion == "deep":
+            out = head(d)
+        else:
+            out = head(r)
+    return out.float().cpu().numpy()
