@@ -118,7 +118,7 @@ def _resnet50_imagenet() -> tuple[dict, str]:
             "file (resnet50-11ad3fa6.pth) or use the offline default backbone "
             "'efficientnet_lite0'."
         ) from exc
-    return state, _sha256_file(cached) if cached.exists() else state_sha256(state)
+    return state, file_sha256(cached) if cached.exists() else state_sha256(state)
 
 
 def _resnet50_trunk(net: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -234,7 +234,8 @@ BACKBONES: dict[str, BackboneSpec] = {
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -265,7 +266,7 @@ def _load_state_file(path: Path) -> tuple[dict, str]:
             state = state[wrapper]
     if not isinstance(state, dict):
         raise BackboneWeightsUnavailable(f"{path}: does not hold a state dict")
-    return state, _sha256_file(path)
+    return state, file_sha256(path)
 
 
 def _default_device(device) -> torch.device:

@@ -23,19 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from retrieval.engine.backbones import images_to_tensor
+from retrieval.engine.backbones import file_sha256, images_to_tensor
 from retrieval.engine.preprocess import PREPROCESS_VERSION, load_image_file, prepare_slice
 from retrieval.engine.radiomics import RadiomicsExtractor
 
 Progress = Callable[[int, int], None]  # (items done, items total)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
