@@ -69,13 +69,6 @@ def training_run_start(
     return run
 
 
-def _run_weights(backbone: str, weights: str) -> str:
-    # ResNet-50's ImageNet weights are a local file named by a setting (no downloads).
-    if backbone == "resnet50" and weights == "imagenet":
-        return settings.ILDREVIEW_RESNET50_WEIGHTS or weights
-    return weights
-
-
 def training_run_execute(*, training_run_id: int) -> ModelVersion | None:
     """Train, save, evaluate and register (inactive); the run records progress and outcome.
 
@@ -122,7 +115,7 @@ def training_run_execute(*, training_run_id: int) -> ModelVersion | None:
             class_names=class_names,
             out_dir=out,
             backbone_name=backbone,
-            weights=_run_weights(backbone, weights),
+            weights=weights,
             size=size,
             epochs=epochs,
         )
@@ -186,8 +179,8 @@ def library_report_write(
     from retrieval.engine.metrics import embedding_metrics, l2_normalise, retrieval_metrics
     from retrieval.engine.report import write_report
 
-    model = RetrievalModel.load(artefact_dir)
-    emb = l2_normalise(model.embed_prepared(prepared))
+    model = RetrievalModel.load(artefact_dir, imagenet_file=settings.ILDREVIEW_RESNET50_WEIGHTS)
+    emb = l2_normalise(model.embed(prepared))
     labels_arr = np.asarray(labels).astype(str)
     groups_arr = np.asarray(groups)
     sims = emb @ emb.T
