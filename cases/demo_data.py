@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cases.dicom_writer import deterministic_uid, write_ct_series
+from cases.dicom_writer import write_ct_series
 from cases.phantom import chest_phantom
+from cases.uids import deterministic_uid
 
 # (phantom pattern, manifest label, patient-id code) of the demo taxonomy.
 DEMO_CLASSES: tuple[tuple[str, str, str], ...] = (

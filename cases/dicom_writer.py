@@ -10,7 +10,6 @@ stored pixels (unsigned by default, signed on request).
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +18,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
-# Namespace of the UUIDs behind `deterministic_uid` (fixed: UIDs must not change between runs).
-_UID_NAMESPACE = uuid.UUID("6f1f3f0e-6a51-4f43-9b53-0c3d2a8e7a10")
+from cases.uids import deterministic_uid
+
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 RESCALE_INTERCEPT = -1024.0
-
-
-def deterministic_uid(*parts: str) -> str:
-    """A DICOM UID (``2.25.<128-bit integer>``, PS3.5 B.2) derived from `parts` by UUIDv5, so
-    the same parts always give the same UID and different parts practically never collide."""
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(31).join(parts)).int}"
 
 
 @dataclass

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from django import forms
 
-from cases.selectors_review import diagnosis_list_active
+from cases.selectors import diagnosis_list
 
 
 class ExpertLabelForm(forms.Form):
     """Confirm or correct a study's diagnosis."""
 
-    diagnosis = forms.ModelChoiceField(queryset=diagnosis_list_active(), empty_label=None)
+    diagnosis = forms.ModelChoiceField(queryset=diagnosis_list(), empty_label=None)
     comment = forms.CharField(required=False, max_length=2000, widget=forms.Textarea)
 
 
 class ReferenceProposeForm(forms.Form):
     """Propose a study as a reference case (default diagnosis: the current label)."""
 
-    diagnosis = forms.ModelChoiceField(queryset=diagnosis_list_active(), required=False)
+    diagnosis = forms.ModelChoiceField(queryset=diagnosis_list(), required=False)
     comment = forms.CharField(required=False, max_length=2000, widget=forms.Textarea)
 
 

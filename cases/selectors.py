@@ -1,4 +1,4 @@
-"""Reads of the cases app used by the pages and the REST API.
+"""Reads of the cases app used by the pages, the expert review workflow and the REST API.
 
 Every read that returns studies or their images goes through the visibility rules of
 `cases.permissions` so that a clinician never sees another clinician's study: lists are filtered
@@ -63,10 +63,13 @@ def study_list_visible(
     return qs
 
 
-def study_list_with_current_diagnosis(*, studies: QuerySet[Study]) -> QuerySet[Study]:
-    """Annotate `current_diagnosis_name` (None when unlabelled) on each study in one query."""
+def study_list_with_current_label(*, studies: QuerySet[Study]) -> QuerySet[Study]:
+    """Annotate `current_label_code` / `current_label_name` (None when unlabelled) in one query,
+    for lists that show the current diagnosis of many studies."""
+    latest = _latest_label()
     return studies.annotate(
-        current_diagnosis_name=Subquery(_latest_label().values("diagnosis__name")[:1])
+        current_label_code=Subquery(latest.values("diagnosis__code")[:1]),
+        current_label_name=Subquery(latest.values("diagnosis__name")[:1]),
     )
 
 
@@ -90,6 +93,12 @@ def slice_get_visible(*, user: Any, pk: int) -> Slice:
     return slice_
 
 
+def slice_get(*, pk: int) -> Slice | None:
+    """The slice `pk` with its series, or None (no visibility check: for slices the caller
+    already reached through a visible study)."""
+    return Slice.objects.select_related("series").filter(pk=pk).first()
+
+
 def series_list(*, study: Study) -> list[Series]:
     """The study's series in series-number order."""
     return list(study.series.order_by("series_number", "id"))
@@ -100,9 +109,22 @@ def series_slice_ids(*, series: Series) -> list[int]:
     return list(series.slices.order_by("index").values_list("pk", flat=True))
 
 
+def study_current_label(*, study: Study) -> ExpertLabel | None:
+    """The study's current diagnosis: its latest expert label, or None."""
+    return _labels(study=study).first()
+
+
 def study_label_history(*, study: Study) -> list[ExpertLabel]:
     """Every expert label of the study, newest first (the first one is the current label)."""
-    return list(study.labels.select_related("diagnosis", "expert").order_by("-created_at", "-id"))
+    return list(_labels(study=study))
+
+
+def _labels(*, study: Study) -> QuerySet[ExpertLabel]:
+    return (
+        ExpertLabel.objects.filter(study=study)
+        .select_related("diagnosis", "expert")
+        .order_by("-created_at", "-id")
+    )
 
 
 def study_reference_cases(*, study: Study) -> list[ReferenceCase]:
@@ -140,11 +162,67 @@ def reference_library_list(*, diagnosis: Diagnosis | str | None = None) -> Query
     return qs
 
 
-# The name the pages' brief uses; the same approved-library read.
-reference_case_list = reference_library_list
-
-
 def diagnosis_list(*, active_only: bool = True) -> QuerySet[Diagnosis]:
-    """Diagnoses of the taxonomy for filter menus."""
+    """Diagnoses of the taxonomy by name: those experts may choose from (filter menus, label
+    forms), or every one with `active_only=False`."""
     qs = Diagnosis.objects.order_by("name")
     return qs.filter(active=True) if active_only else qs
+
+
+# --- the expert review workflow: the approval queue and the expert actions' context ---------
+
+
+def reference_case_pending_list(*, exclude_proposer: Any | None = None) -> QuerySet[ReferenceCase]:
+    """Proposed reference cases awaiting a decision, oldest first; `exclude_proposer` leaves out
+    the ones that user proposed (which they may not decide)."""
+    qs = (
+        ReferenceCase.objects.filter(state=ReferenceCase.State.PROPOSED)
+        .select_related("study__patient", "diagnosis", "proposed_by")
+        .order_by("proposed_at", "id")
+    )
+    if exclude_proposer is not None:
+        qs = qs.exclude(proposed_by=exclude_proposer)
+    return qs
+
+
+def reference_case_list_visible(
+    *, user: Any, state: str | None = None, diagnosis: Diagnosis | str | None = None
+) -> QuerySet[ReferenceCase]:
+    """Reference cases `user` may see: experts and admins see every state; others (clinicians)
+    see the approved library only. `diagnosis` is a Diagnosis or its code."""
+    qs = ReferenceCase.objects.select_related(
+        "study__patient", "diagnosis", "proposed_by", "approved_by"
+    ).order_by("-proposed_at", "-id")
+    if not (permissions.is_expert(user) or permissions.is_admin(user)):
+        qs = qs.filter(state=ReferenceCase.State.APPROVED)
+    if state:
+        qs = qs.filter(state=state)
+    if isinstance(diagnosis, str):
+        qs = qs.filter(diagnosis__code=diagnosis)
+    elif diagnosis is not None:
+        qs = qs.filter(diagnosis=diagnosis)
+    return qs
+
+
+def reference_case_live_get(*, study: Study) -> ReferenceCase | None:
+    """The study's proposed or approved reference case, if any."""
+    return (
+        ReferenceCase.objects.filter(
+            study=study,
+            state__in=[ReferenceCase.State.PROPOSED, ReferenceCase.State.APPROVED],
+        )
+        .select_related("diagnosis", "proposed_by", "approved_by")
+        .first()
+    )
+
+
+def expert_actions_context(*, study: Study, user: Any) -> dict[str, Any]:
+    """Everything `templates/cases/_expert_actions.html` needs for one study."""
+    return {
+        "study": study,
+        "is_expert": permissions.is_expert(user),
+        "diagnoses": diagnosis_list(),
+        "current_label": study_current_label(study=study),
+        "label_history": study_label_history(study=study),
+        "live_reference": reference_case_live_get(study=study),
+    }

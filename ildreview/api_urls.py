@@ -6,6 +6,7 @@ from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from cases.api.views import ApiNotFoundView
+from retrieval import urls as retrieval_urls
 
 
 @extend_schema(exclude=True)
@@ -23,6 +24,7 @@ urlpatterns = [
     path("schema/", SchemaView.as_view(), name="api-schema"),
     path("docs/", api_docs, name="api-docs"),
     path("", include("cases.api.urls")),
+    path("", include(retrieval_urls.api_urlpatterns)),
     # Last: whatever no route above matches gets a JSON 404.
     re_path(r"^", ApiNotFoundView.as_view(), name="api-not-found"),
 ]

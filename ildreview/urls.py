@@ -5,7 +5,9 @@ from django.contrib.auth import views as auth_views
 from django.http import HttpResponse
 from django.urls import include, path
 
+from cases import urls as cases_urls
 from ildreview.auth import LoginForm
+from retrieval import urls as retrieval_urls
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -18,6 +20,11 @@ urlpatterns = [
     path("healthz", lambda request: HttpResponse("ok"), name="healthz"),
     path("api/", include("ildreview.api_urls")),
     path("retrieval/", include("retrieval.urls")),
-    path("", include("cases.urls")),
+    # One `cases` namespace for the study pages and the review pages the retrieval app adds to
+    # them (their names, `cases:study_review` etc., are used across templates and scripts).
+    path(
+        "",
+        include((cases_urls.urlpatterns + retrieval_urls.review_urlpatterns, cases_urls.app_name)),
+    ),
     path("", include("cases.urls_review")),
 ]

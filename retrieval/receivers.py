@@ -9,7 +9,7 @@ from typing import Any
 
 def study_imported_enqueue(sender: Any, *, study: Any, **kwargs: Any) -> None:
     """Queue the study in the sender's transaction (its job commits with the import)."""
-    from retrieval.pipeline.services import study_enqueue_processing
+    from retrieval.pipeline.enqueue import study_enqueue_processing
 
     study_enqueue_processing(study=study)
 

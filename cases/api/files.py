@@ -1,4 +1,5 @@
-"""Stored files (slice pixels, de-identified DICOM copies, CAM overlays) by database id.
+"""Stored files (slice pixels, de-identified DICOM copies) by database id; the retrieval app's
+CAM overlays (`retrieval.api.SimilarCaseCamView`) are served the same way.
 
 A URL names a row, never a storage key: the view loads the row, applies the same visibility
 rule as the row's page (`cases.permissions.can_view_study` through the selectors; 404 for
@@ -16,7 +17,7 @@ from __future__ import annotations
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -25,8 +26,6 @@ from rest_framework.views import APIView
 from cases.api.serializers import ErrorSerializer
 from cases.models import slice_dicom_name
 from cases.selectors import slice_get_visible
-
-CAM_SIDES = ("query", "reference")
 
 
 class _FirstRenderer(BaseContentNegotiation):
@@ -40,7 +39,7 @@ class _FirstRenderer(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
-def _errors(what: str) -> dict:
+def file_errors(what: str) -> dict:
     return {
         403: OpenApiResponse(ErrorSerializer, description="Not logged in."),
         404: OpenApiResponse(
@@ -50,7 +49,7 @@ def _errors(what: str) -> dict:
     }
 
 
-def _binary(description: str) -> OpenApiResponse:
+def binary_response(description: str) -> OpenApiResponse:
     return OpenApiResponse(OpenApiTypes.BINARY, description=description)
 
 
@@ -66,20 +65,22 @@ def stored_file_response(*, name: str, content_type: str, filename: str) -> File
     return FileResponse(fh, content_type=content_type, filename=filename)
 
 
-class _FileView(APIView):
+class FileView(APIView):
+    """Base of the file views: the file itself, or a JSON error whatever the client accepts."""
+
     renderer_classes = [JSONRenderer]
     content_negotiation_class = _FirstRenderer
 
 
-class SlicePixelsView(_FileView):
+class SlicePixelsView(FileView):
     @extend_schema(
         operation_id="file_slice_pixels",
         summary="Hounsfield-unit pixels of a slice (.npy)",
         description="The slice's pixels as a NumPy `.npy` array (int16 HU; uint8 for windowed "
         "2-D reference images). Same visibility as the slice's study.",
         responses={
-            (200, "application/octet-stream"): _binary("The .npy array."),
-            **_errors("slice"),
+            (200, "application/octet-stream"): binary_response("The .npy array."),
+            **file_errors("slice"),
         },
     )
     def get(self, request: Request, pk: int) -> FileResponse:
@@ -91,13 +92,16 @@ class SlicePixelsView(_FileView):
         )
 
 
-class SliceDicomView(_FileView):
+class SliceDicomView(FileView):
     @extend_schema(
         operation_id="file_slice_dicom",
         summary="De-identified DICOM copy of a slice",
         description="The de-identified DICOM instance the slice was read from (404 for "
         "reference images imported from PNG/JPEG). Same visibility as the slice's study.",
-        responses={(200, "application/dicom"): _binary("The DICOM file."), **_errors("slice")},
+        responses={
+            (200, "application/dicom"): binary_response("The DICOM file."),
+            **file_errors("slice"),
+        },
     )
     def get(self, request: Request, pk: int) -> FileResponse:
         slice_ = slice_get_visible(user=request.user, pk=pk)
@@ -105,26 +109,4 @@ class SliceDicomView(_FileView):
             name=slice_dicom_name(slice_=slice_),
             content_type="application/dicom",
             filename=f"slice-{slice_.pk}.dcm",
-        )
-
-
-class SimilarCaseCamView(_FileView):
-    @extend_schema(
-        operation_id="file_similar_case_cam",
-        summary="CAM overlay of a similar case (PNG)",
-        description="The similarity CAM over the query slice (`query`) or over the reference "
-        "slice (`reference`) of one retrieved case; the URLs are `query_cam_url` and "
-        "`reference_cam_url` of the results endpoint.",
-        parameters=[
-            OpenApiParameter("side", OpenApiTypes.STR, OpenApiParameter.PATH, enum=CAM_SIDES)
-        ],
-        responses={(200, "image/png"): _binary("The PNG overlay."), **_errors("overlay")},
-    )
-    def get(self, request: Request, pk: int, side: str) -> FileResponse:
-        from retrieval.review_selectors import similar_case_get_visible
-
-        case = similar_case_get_visible(user=request.user, pk=pk, side=side)
-        field = case.query_cam if side == "query" else case.reference_cam
-        return stored_file_response(
-            name=field.name, content_type="image/png", filename=f"case-{case.pk}-{side}.png"
         )

@@ -4,12 +4,11 @@ services)."""
 from __future__ import annotations
 
 from django.db.models import Sum
-from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from cases.models import Diagnosis, ExpertLabel, ReferenceCase, Series, Study
-from cases.selectors_review import diagnosis_list_active, study_current_label
+from cases.selectors import diagnosis_list, study_current_label
 
 
 class StrictCharField(serializers.CharField):
@@ -56,7 +55,7 @@ class ExpertLabelCreateSerializer(serializers.Serializer):
 
     diagnosis = serializers.SlugRelatedField(
         slug_field="code",
-        queryset=diagnosis_list_active(),
+        queryset=diagnosis_list(),
         help_text="Diagnosis code, e.g. `ipf-ild` (see /api/diagnoses/).",
     )
     comment = StrictCharField(required=False, allow_blank=True, max_length=2000)
@@ -97,7 +96,7 @@ class StudyListSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(CurrentLabelSerializer(allow_null=True))
     def get_current_label(self, study: Study) -> dict | None:
-        # Lists annotate the label in one query (selectors_review.studies_with_current_label);
+        # Lists annotate the label in one query (selectors.study_list_with_current_label);
         # single objects fall back to the selector.
         if hasattr(study, "current_label_code"):
             if study.current_label_code is None:
@@ -195,7 +194,7 @@ class ReferenceCaseProposeSerializer(serializers.Serializer):
     study = StrictIntegerField(min_value=1, help_text="Study id")
     diagnosis = serializers.SlugRelatedField(
         slug_field="code",
-        queryset=diagnosis_list_active(),
+        queryset=diagnosis_list(),
         required=False,
         allow_null=True,
         help_text="Diagnosis code; defaults to the study's current expert label.",
@@ -261,70 +260,3 @@ class TokenSerializer(serializers.Serializer):
 
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
-
-
-class NotReadySerializer(serializers.Serializer):
-    detail = serializers.CharField()
-    status = serializers.CharField()
-    progress_stage = serializers.CharField()
-    progress_percent = serializers.IntegerField()
-
-
-class SliceRefSerializer(serializers.Serializer):
-    """A slice: its position and the URL of its PNG (lung window; `?preset=mediastinal`)."""
-
-    id = serializers.IntegerField()
-    index = serializers.IntegerField()
-    series = serializers.IntegerField(source="series_id")
-    image_url = serializers.SerializerMethodField()
-
-    def get_image_url(self, slice_obj) -> str:
-        url = reverse("cases:slice_png", args=[slice_obj.pk])
-        request = self.context.get("request")
-        return request.build_absolute_uri(url) if request else url
-
-
-class SimilarCaseSerializer(serializers.Serializer):
-    """One retrieved reference case: its diagnosis, similarity, best slice pair and CAMs."""
-
-    rank = serializers.IntegerField()
-    reference_case = serializers.IntegerField(source="reference_case_id")
-    study = serializers.IntegerField(source="reference_case.study_id")
-    diagnosis = DiagnosisBriefSerializer(source="reference_case.diagnosis")
-    score = serializers.FloatField(help_text="Cosine similarity of the best slice pair")
-    n_hits = serializers.IntegerField()
-    query_slice = SliceRefSerializer()
-    reference_slice = SliceRefSerializer()
-    query_cam_url = serializers.SerializerMethodField()
-    reference_cam_url = serializers.SerializerMethodField()
-
-    def _file_url(self, case, side: str) -> str | None:
-        # The overlay by the similar case's id (never its storage key); None before the
-        # explain stage stored it.
-        if not (case.query_cam if side == "query" else case.reference_cam):
-            return None
-        url = reverse("api-file-similar-case-cam", args=[case.pk, side])
-        request = self.context.get("request")
-        return request.build_absolute_uri(url) if request else url
-
-    def get_query_cam_url(self, case) -> str | None:
-        return self._file_url(case, "query")
-
-    def get_reference_cam_url(self, case) -> str | None:
-        return self._file_url(case, "reference")
-
-
-class StudyResultSerializer(serializers.Serializer):
-    """The similar-case answer for a study under the model version that produced it."""
-
-    study = serializers.IntegerField(source="study_id")
-    model_version = serializers.CharField(source="model_version.name")
-    created_at = serializers.DateTimeField()
-    suggested_diagnosis = DiagnosisBriefSerializer(allow_null=True)
-    votes = serializers.DictField(
-        child=serializers.FloatField(), help_text="Share of votes per diagnosis code"
-    )
-    key_slice = SliceRefSerializer(allow_null=True)
-    query_slice_count = serializers.IntegerField()
-    excluded_slice_count = serializers.IntegerField()
-    similar_cases = SimilarCaseSerializer(many=True, source="ordered_cases")

@@ -1,4 +1,5 @@
-"""REST API routes of the cases app (included at /api/ by ildreview/api_urls.py)."""
+"""REST API routes of the cases app (included at /api/ by ildreview/api_urls.py; the
+retrieval app's results and CAM routes are `retrieval.urls.api_urlpatterns`)."""
 
 from django.urls import path
 
@@ -9,7 +10,6 @@ urlpatterns = [
     path("diagnoses/", views.DiagnosisListView.as_view(), name="api-diagnosis-list"),
     path("studies/", views.StudyListView.as_view(), name="api-study-list"),
     path("studies/<int:pk>/", views.StudyDetailView.as_view(), name="api-study-detail"),
-    path("studies/<int:pk>/results/", views.StudyResultsView.as_view(), name="api-study-results"),
     path("studies/<int:pk>/labels/", views.StudyLabelsView.as_view(), name="api-study-labels"),
     path("reference-cases/", views.ReferenceCaseListView.as_view(), name="api-reference-case-list"),
     path(
@@ -35,9 +35,4 @@ urlpatterns = [
     # Stored files, by the id of their row (cases/api/files.py).
     path("files/slices/<int:pk>.npy", files.SlicePixelsView.as_view(), name="api-file-slice-npy"),
     path("files/slices/<int:pk>.dcm", files.SliceDicomView.as_view(), name="api-file-slice-dcm"),
-    path(
-        "files/similar-cases/<int:pk>/<slug:side>.png",
-        files.SimilarCaseCamView.as_view(),
-        name="api-file-similar-case-cam",
-    ),
 ]

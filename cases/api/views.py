@@ -7,6 +7,8 @@ and decisions are for experts (403 for others).
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.shortcuts import get_object_or_404
@@ -26,16 +28,15 @@ from cases.api.parsers import DepthLimitedJSONParser
 from cases.api.schema import TOO_MANY_REQUESTS
 from cases.models import ReferenceCase, Study
 from cases.permissions import is_admin, is_expert
-from cases.selectors import study_get_visible, study_list_visible
-from cases.selectors_review import (
-    diagnosis_list_active,
-    label_history,
+from cases.selectors import (
+    diagnosis_list,
     reference_case_list_visible,
-    studies_with_current_label,
+    study_get_visible,
+    study_label_history,
+    study_list_visible,
+    study_list_with_current_label,
 )
 from cases.services import review as review_services
-
-READY_STATES = (Study.Status.READY_FOR_REVIEW, Study.Status.REVIEWED)
 
 
 class Pagination(PageNumberPagination):
@@ -117,7 +118,7 @@ class StudyListView(generics.GenericAPIView):
             q=params.get("q") or None,
             diagnosis=params.get("diagnosis") or None,
         )
-        return studies_with_current_label(studies=qs)
+        return study_list_with_current_label(studies=qs)
 
     @extend_schema(
         summary="List studies",
@@ -160,7 +161,7 @@ class StudyListView(generics.GenericAPIView):
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         created = sum(result.created)
         pks = [study.pk for study in result.studies]
-        studies = studies_with_current_label(
+        studies = study_list_with_current_label(
             studies=Study.objects.filter(pk__in=pks).select_related("patient", "uploaded_by")
         )
         body = {
@@ -181,34 +182,6 @@ class StudyDetailView(APIView):
         return Response(s.StudyDetailSerializer(study, context={"request": request}).data)
 
 
-class StudyResultsView(APIView):
-    @extend_schema(
-        summary="Similar-case results of a study",
-        description="Top similar reference cases with scores, best slice pairs and CAM image "
-        "URLs, the suggested diagnosis and the vote distribution. 409 while the study is "
-        "still being processed (or failed).",
-        responses={200: s.StudyResultSerializer, 409: s.NotReadySerializer},
-    )
-    def get(self, request: Request, pk: int) -> Response:
-        study = study_get_visible(user=request.user, pk=pk)
-        result = None
-        if study.status in READY_STATES:
-            from cases.selectors_review import study_result_for_api
-
-            result = study_result_for_api(study=study)
-        if result is None:
-            return Response(
-                {
-                    "detail": "results not ready",
-                    "status": study.status,
-                    "progress_stage": study.progress_stage,
-                    "progress_percent": study.progress_percent,
-                },
-                status=status.HTTP_409_CONFLICT,
-            )
-        return Response(s.StudyResultSerializer(result, context={"request": request}).data)
-
-
 class StudyLabelsView(APIView):
     def get_permissions(self):
         if self.request.method == "POST":
@@ -218,7 +191,7 @@ class StudyLabelsView(APIView):
     @extend_schema(summary="Label history of a study", responses=s.ExpertLabelSerializer(many=True))
     def get(self, request: Request, pk: int) -> Response:
         study = study_get_visible(user=request.user, pk=pk)
-        return Response(s.ExpertLabelSerializer(label_history(study=study), many=True).data)
+        return Response(s.ExpertLabelSerializer(study_label_history(study=study), many=True).data)
 
     @extend_schema(
         summary="Confirm or correct the diagnosis (experts)",
@@ -303,21 +276,24 @@ class ReferenceCaseDetailView(APIView):
 
 
 class _ReferenceActionView(APIView):
+    """One action on a reference case: `service(reference_case=, <actor_arg>=user[, comment=])`,
+    then the case as it is now. Subclasses name the service, and document the operation with
+    `extend_schema_view(post=...)`."""
+
     permission_classes = [IsAuthenticated, IsExpert]
     # The body's serializer; None for an action that takes no body (its body is not read).
     decision_serializer: type[s.serializers.Serializer] | None = s.ReferenceDecisionSerializer
-
-    def act(self, request: Request, reference: ReferenceCase, comment: str) -> None:
-        raise NotImplementedError
+    service: Any = None
+    actor_arg = "expert"
 
     def post(self, request: Request, pk: int) -> Response:
         reference = get_object_or_404(ReferenceCase, pk=pk)
-        comment = ""
+        kwargs = {"reference_case": reference, self.actor_arg: request.user}
         if self.decision_serializer is not None:
             data = self.decision_serializer(data=request.data)
             data.is_valid(raise_exception=True)
-            comment = data.validated_data.get("comment", "")
-        self.act(request, reference, comment)
+            kwargs["comment"] = data.validated_data.get("comment", "")
+        service_call(type(self).service, **kwargs)
         reference.refresh_from_db()
         return Response(s.ReferenceCaseSerializer(reference, context={"request": request}).data)
 
@@ -325,62 +301,43 @@ class _ReferenceActionView(APIView):
 DECISION_RESPONSES = {200: s.ReferenceCaseSerializer}
 
 
-class ReferenceCaseApproveView(_ReferenceActionView):
-    @extend_schema(
+@extend_schema_view(
+    post=extend_schema(
         summary="Approve a proposed reference case (a second expert)",
         description="The approver must differ from the proposer. The case is then embedded "
         "with the active model and added to the index in the background.",
         request=s.ReferenceDecisionSerializer,
         responses=DECISION_RESPONSES,
     )
-    def post(self, request: Request, pk: int) -> Response:
-        return super().post(request, pk)
-
-    def act(self, request, reference, comment):
-        service_call(
-            review_services.reference_case_approve,
-            reference_case=reference,
-            expert=request.user,
-            comment=comment,
-        )
+)
+class ReferenceCaseApproveView(_ReferenceActionView):
+    service = review_services.reference_case_approve
 
 
-class ReferenceCaseRejectView(_ReferenceActionView):
-    decision_serializer = s.ReferenceRejectSerializer
-
-    @extend_schema(
+@extend_schema_view(
+    post=extend_schema(
         summary="Reject a proposed reference case (a second expert; reason required)",
         request=s.ReferenceRejectSerializer,
         responses=DECISION_RESPONSES,
     )
-    def post(self, request: Request, pk: int) -> Response:
-        return super().post(request, pk)
-
-    def act(self, request, reference, comment):
-        service_call(
-            review_services.reference_case_reject,
-            reference_case=reference,
-            expert=request.user,
-            comment=comment,
-        )
+)
+class ReferenceCaseRejectView(_ReferenceActionView):
+    decision_serializer = s.ReferenceRejectSerializer
+    service = review_services.reference_case_reject
 
 
-class ReferenceCaseRetireView(_ReferenceActionView):
-    permission_classes = [IsAuthenticated, IsExpertOrAdmin]
-    decision_serializer = None
-
-    @extend_schema(
+@extend_schema_view(
+    post=extend_schema(
         summary="Retire an approved reference case (removes it from the index)",
         request=None,
         responses=DECISION_RESPONSES,
     )
-    def post(self, request: Request, pk: int) -> Response:
-        return super().post(request, pk)
-
-    def act(self, request, reference, comment):
-        service_call(
-            review_services.reference_case_retire, reference_case=reference, actor=request.user
-        )
+)
+class ReferenceCaseRetireView(_ReferenceActionView):
+    permission_classes = [IsAuthenticated, IsExpertOrAdmin]
+    decision_serializer = None
+    service = review_services.reference_case_retire
+    actor_arg = "actor"
 
 
 class DiagnosisListView(generics.ListAPIView):
@@ -388,7 +345,7 @@ class DiagnosisListView(generics.ListAPIView):
     pagination_class = None
 
     def get_queryset(self):
-        return diagnosis_list_active()
+        return diagnosis_list()
 
     @extend_schema(summary="List diagnoses (the label taxonomy)")
     def get(self, request, *args, **kwargs):

@@ -34,7 +34,6 @@ from django.db.models import Max
 from django.utils import timezone
 from django.utils.text import slugify
 
-from cases.dicom_writer import deterministic_uid
 from cases.models import Diagnosis, ExpertLabel, Patient, ReferenceCase, Series, Slice, Study
 from cases.reference_images import ImageReadError, reference_image_decode
 from cases.services.audit import audit_event_record
@@ -44,6 +43,7 @@ from cases.services.ingestion import (
     patient_pseudonym,
     series_import_folder,
 )
+from cases.uids import deterministic_uid
 
 logger = logging.getLogger(__name__)
 

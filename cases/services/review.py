@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from cases.models import Diagnosis, ExpertLabel, ReferenceCase, Study
 from cases.permissions import is_admin, is_expert
-from cases.selectors_review import study_current_label
+from cases.selectors import study_current_label
 from cases.services.audit import audit_event_record
 from cases.signals import reference_library_changed
 

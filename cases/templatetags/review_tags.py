@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django import template
 
-from cases.selectors_review import expert_actions_context
+from cases.selectors import expert_actions_context
 
 register = template.Library()
 

@@ -12,20 +12,17 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from cases import permissions, selectors
 from cases.forms import LibraryFilterForm, UploadForm, WorklistFilterForm
-from cases.imaging import DEFAULT_PRESET, WINDOW_PRESETS
 from cases.middleware import dropped_files_reason
 from cases.services.ingestion import IngestionError
 from cases.services.upload import study_upload
+from cases.views.viewer import slice_viewer_context
 
 WORKLIST_PAGE_SIZE = 25
 LIBRARY_PAGE_SIZE = 24
-# A placeholder pk substituted by the viewer's script to build each slice's image URL.
-_PK_PLACEHOLDER = 999999999
 
 
 @require_GET
@@ -33,7 +30,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
     """Studies visible to the user with status, progress and current diagnosis; filters by
     status, diagnosis and free text; paginated."""
     form = WorklistFilterForm(request.GET or None)
-    studies = selectors.study_list_with_current_diagnosis(
+    studies = selectors.study_list_with_current_label(
         studies=selectors.study_list_visible(user=request.user, **form.filters())
     )
     page = Paginator(studies, WORKLIST_PAGE_SIZE).get_page(request.GET.get("page"))
@@ -86,53 +83,23 @@ def _upload_context(form: UploadForm, *, error: str = "") -> dict:
 def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """Patient, series, the slice viewer and (read-only) labels and reference-case history."""
     study = selectors.study_get_visible(user=request.user, pk=pk)
-    series = selectors.series_list(study=study)
-    current = _chosen(series, request.GET.get("series")) or next(
-        (s for s in series if s.slice_count), series[0] if series else None
-    )
-    slice_ids = selectors.series_slice_ids(series=current) if current else []
-    index = _int(request.GET.get("slice"), default=len(slice_ids) // 2)
-    index = min(max(index, 0), max(len(slice_ids) - 1, 0))
-    preset = request.GET.get("preset")
-    if preset not in WINDOW_PRESETS:
-        preset = DEFAULT_PRESET
-    url_template = reverse("cases:slice_png", args=[_PK_PLACEHOLDER]).replace(
-        str(_PK_PLACEHOLDER), "{pk}"
+    viewer = slice_viewer_context(
+        study=study,
+        wanted_series=request.GET.get("series"),
+        wanted_index=request.GET.get("slice"),
+        wanted_preset=request.GET.get("preset"),
     )
     return render(
         request,
         "cases/study_detail.html",
         {
             "study": study,
-            "series_list": series,
-            "current_series": current,
-            "slice_ids": slice_ids,
-            "slice_index": index,
-            "current_slice_id": slice_ids[index] if slice_ids else None,
-            "preset": preset,
-            "presets": WINDOW_PRESETS,
-            "viewer_config": {
-                "slices": slice_ids,
-                "index": index,
-                "preset": preset,
-                "urlTemplate": url_template,
-            },
+            **viewer,
             "label_history": selectors.study_label_history(study=study),
             "reference_cases": selectors.study_reference_cases(study=study),
             "read_only": not permissions.sees_all_studies(request.user),
         },
     )
-
-
-def _chosen(series: list, wanted: str | None):
-    return next((s for s in series if str(s.pk) == wanted), None) if wanted else None
-
-
-def _int(value: str | None, *, default: int) -> int:
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return default
 
 
 @require_GET

@@ -19,8 +19,11 @@ from django.views.decorators.http import require_GET, require_POST
 from cases.forms_review import ExpertLabelForm, ReferenceDecisionForm, ReferenceProposeForm
 from cases.models import ReferenceCase
 from cases.permissions import is_admin, is_expert
-from cases.selectors import study_get_visible
-from cases.selectors_review import reference_case_list_visible, reference_case_pending_list
+from cases.selectors import (
+    reference_case_list_visible,
+    reference_case_pending_list,
+    study_get_visible,
+)
 from cases.services import review as review_services
 
 

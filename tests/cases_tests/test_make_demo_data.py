@@ -13,8 +13,9 @@ from pydicom.pixels import apply_rescale
 from pydicom.uid import UID, CTImageStorage
 
 from cases.demo_data import DEMO_CLASSES, demo_dataset_write
-from cases.dicom_writer import deterministic_uid, write_ct_series
+from cases.dicom_writer import write_ct_series
 from cases.phantom import chest_phantom
+from cases.uids import deterministic_uid
 
 
 def _hu(ds) -> np.ndarray:

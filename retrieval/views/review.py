@@ -1,13 +1,13 @@
 """The review page (the main screen), its progress endpoint, Retry, and CAM images.
 
-Thin views: visibility through `cases.selectors` (a study the user may not see is a 404, as on
-the study page), similar cases through `retrieval.review_selectors`, writes through
-`retrieval.review_services`.
+Its URLs keep their names in the `cases` namespace (`cases:study_review`, ...; joined there by
+ildreview/urls.py). Thin views: visibility through `cases.selectors` (a study the user may not
+see is a 404, as on the study page), the viewer through `cases.views.viewer`, similar cases
+through `retrieval.selectors.review`, writes through `retrieval.services`.
 """
 
 from __future__ import annotations
 
-from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
@@ -17,39 +17,16 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from cases import permissions, selectors
-from cases.imaging import DEFAULT_PRESET, WINDOW_PRESETS
-from cases.models import Slice, Study
-from retrieval import review_selectors
+from cases.models import Study
+from cases.views.viewer import slice_viewer_context
+from retrieval.forms import ReviewFilterForm
 from retrieval.pipeline.runtime import PipelineDataError
 from retrieval.pipeline.selectors import study_result_get
-from retrieval.review_services import CAM_SIDES, review_cam_png
-from retrieval.review_services import study_retry as study_retry_service
+from retrieval.selectors.review import K_CHOICES, stored_cam_name, study_review_results
+from retrieval.services import CAM_SIDES, review_cam_png
+from retrieval.services import study_retry as study_retry_service
 
-# A placeholder pk substituted by the scripts to build per-slice URLs.
-_PK = 999999999
 FINISHED = (Study.Status.READY_FOR_REVIEW, Study.Status.REVIEWED)
-
-
-class ReviewFilterForm(forms.Form):
-    """k and the diagnosis filter of the similar-case list (invalid values fall back)."""
-
-    k = forms.IntegerField(required=False, min_value=1, max_value=review_selectors.K_MAX)
-    diagnosis = forms.ChoiceField(required=False)
-    sel = forms.IntegerField(required=False, min_value=1)
-
-    def __init__(self, *args, diagnoses=(), **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["diagnosis"].choices = [("", "All diagnoses")] + [
-            (d.code, d.name) for d in diagnoses
-        ]
-
-    def value(self, name: str, default=None):
-        """The cleaned value of one field; `default` when absent or invalid (one bad
-        parameter does not discard the others)."""
-        if not self.is_bound:
-            return default
-        self.is_valid()
-        return self.cleaned_data.get(name) or default
 
 
 def can_retry(user) -> bool:
@@ -73,35 +50,6 @@ def progress_payload(*, study: Study, user) -> dict:
     }
 
 
-def _url_template(name: str, *args) -> str:
-    return reverse(name, args=[*args, _PK]).replace(str(_PK), "{pk}")
-
-
-def _viewer(study: Study, *, focus_slice_id: int | None, wanted_index: str | None, preset: str):
-    """Series, slice ids and start index of the left viewer: the series of `focus_slice_id`
-    (the selected result's query slice, or the key slice), at that slice unless ?slice= asks
-    for another."""
-    focus = (
-        Slice.objects.select_related("series").filter(pk=focus_slice_id).first()
-        if focus_slice_id
-        else None
-    )
-    series = focus.series if focus else None
-    if series is None:
-        series_list = selectors.series_list(study=study)
-        series = next((s for s in series_list if s.slice_count), None) or (
-            series_list[0] if series_list else None
-        )
-    slice_ids = selectors.series_slice_ids(series=series) if series else []
-    index = slice_ids.index(focus.pk) if focus and focus.pk in slice_ids else len(slice_ids) // 2
-    try:
-        index = int(wanted_index) if wanted_index is not None else index
-    except ValueError:
-        pass
-    index = min(max(index, 0), max(len(slice_ids) - 1, 0))
-    return series, slice_ids, index
-
-
 @require_GET
 def study_review(request: HttpRequest, pk: int) -> HttpResponse:
     """Query study on the left, similar reference cases on the right, progress while the study
@@ -109,7 +57,7 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
     study = selectors.study_get_visible(user=request.user, pk=pk)
     diagnoses = list(selectors.diagnosis_list())
     form = ReviewFilterForm(request.GET or None, diagnoses=diagnoses)
-    results = review_selectors.study_review_results(
+    results = study_review_results(
         study=study,
         k=form.value("k"),
         diagnosis_code=form.value("diagnosis"),
@@ -117,12 +65,11 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
     hits = results.hits
     wanted = form.value("sel")
     selected = next((h for h in hits if h.rank == wanted), hits[0] if hits else None)
-    preset = request.GET.get("preset")
-    if preset not in WINDOW_PRESETS:
-        preset = DEFAULT_PRESET
-    focus = selected.query_slice_id if selected else results.key_slice_id
-    series, slice_ids, index = _viewer(
-        study, focus_slice_id=focus, wanted_index=request.GET.get("slice"), preset=preset
+    viewer = slice_viewer_context(
+        study=study,
+        focus_slice_id=selected.query_slice_id if selected else results.key_slice_id,
+        wanted_index=request.GET.get("slice"),
+        wanted_preset=request.GET.get("preset"),
     )
     cam_urls = {
         h.rank: {
@@ -139,31 +86,20 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
     progress = progress_payload(study=study, user=request.user)
     return render(
         request,
-        "cases/review.html",
+        "retrieval/review.html",
         {
             "study": study,
             "form": form,
             "results": results,
             "hits": hits,
             "selected": selected,
-            "k_choices": review_selectors.K_CHOICES,
+            "k_choices": K_CHOICES,
             "diagnoses": diagnoses,
             "progress": progress,
             "processing": study.status in (Study.Status.UPLOADED, Study.Status.PROCESSING),
             "can_retry": can_retry(request.user)
             and study.status in (Study.Status.FAILED, Study.Status.UPLOADED),
-            "series": series,
-            "slice_ids": slice_ids,
-            "slice_index": index,
-            "current_slice_id": slice_ids[index] if slice_ids else None,
-            "preset": preset,
-            "presets": WINDOW_PRESETS,
-            "viewer_config": {
-                "slices": slice_ids,
-                "index": index,
-                "preset": preset,
-                "urlTemplate": _url_template("cases:slice_png"),
-            },
+            **viewer,
             "review_config": {
                 "progressUrl": reverse("cases:study_progress", args=[study.pk]),
                 "selected": selected.rank if selected else None,
@@ -217,7 +153,7 @@ def review_cam(
     if query.series.study_id != study.pk:
         raise Http404("No such slice in this study.")
     reference = selectors.slice_get_visible(user=request.user, pk=reference_slice)
-    name = review_selectors.stored_cam_name(
+    name = stored_cam_name(
         study=study, query_slice_id=query.pk, reference_slice_id=reference.pk, side=side
     )
     if name and default_storage.exists(name):

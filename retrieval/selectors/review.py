@@ -6,7 +6,7 @@ overlays). Another k, or a diagnosis filter that must still return k cases of th
 when the library has them, needs a fresh query: it runs on the study's stored slice embeddings
 (`SliceFeatures.embedding`) against the live index (`retrieval.pipeline.selectors.
 study_similar_search`), so no network runs in the web process. Results of such live queries
-that are not among the stored ones get their CAM from `review_services.review_cam_png`.
+that are not among the stored ones get their CAM from `retrieval.services.review_cam_png`.
 """
 
 from __future__ import annotations
@@ -14,28 +14,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.http import Http404
 
 from cases.models import Diagnosis, ReferenceCase, Study
+from cases.permissions import can_view_study
+from retrieval.engine.radiomics import MAIN_FEATURES
 from retrieval.models import ModelVersion, SimilarCase, SliceFeatures, StudyResult
-from retrieval.pipeline.selectors import study_result_get, study_similar_search
+from retrieval.pipeline.selectors import (
+    similar_case_list,
+    study_result_get,
+    study_similar_search,
+)
 
 K_CHOICES = (4, 8, 12, 16, 24)
 K_MAX = max(K_CHOICES)
 
-# Display order of the radiomics table: the pipeline's main features first (in its order),
-# anything else it stored afterwards, by name.
-_FEATURE_ORDER = (
-    "original_firstorder_Mean",
-    "original_firstorder_Skewness",
-    "original_firstorder_Kurtosis",
-    "original_firstorder_Entropy",
-    "original_glcm_Contrast",
-    "original_glcm_Correlation",
-    "original_glrlm_RunLengthNonUniformity",
-    "original_glszm_ZoneEntropy",
-    "original_ngtdm_Coarseness",
-    "original_shape2D_PixelSurface",
-)
 _CLASS_NAMES = {
     "firstorder": "First order",
     "glcm": "GLCM",
@@ -130,7 +123,8 @@ def feature_label(name: str) -> str:
 
 
 def _ordered_features(names: set[str]) -> list[str]:
-    known = [n for n in _FEATURE_ORDER if n in names]
+    # The main features first, in their order; anything else stored afterwards, by name.
+    known = [n for n in MAIN_FEATURES if n in names]
     return known + sorted(names - set(known))
 
 
@@ -300,13 +294,9 @@ def stored_cam_name(*, study: Study, query_slice_id: int, reference_slice_id: in
 
 def similar_case_get_visible(*, user, pk: int, side: str) -> SimilarCase:
     """The similar case `pk` if `user` may see the CAM overlay of its `side`, else Http404:
-    the same rule as the review page's overlay (`cases.views.review_page.review_cam`): the
+    the same rule as the review page's overlay (`retrieval.views.review.review_cam`): the
     study the result answers must be visible, and for the reference side the reference slice's
     study too (an approved reference case is; a retired one no longer is for clinicians)."""
-    from django.http import Http404
-
-    from cases.permissions import can_view_study
-
     case = (
         SimilarCase.objects.select_related("result__study", "reference_slice__series__study")
         .filter(pk=pk)
@@ -319,3 +309,13 @@ def similar_case_get_visible(*, user, pk: int, side: str) -> SimilarCase:
     if side == "reference" and not can_view_study(user, case.reference_slice.series.study):
         raise Http404("No such overlay.")
     return case
+
+
+def study_result_for_api(*, study: Study) -> StudyResult | None:
+    """The study's similar-case result with `ordered_cases` set to its similar cases, best
+    first (what the REST API serialises), or None when there is none yet."""
+    result = study_result_get(study=study)
+    if result is None:
+        return None
+    result.ordered_cases = similar_case_list(result=result)
+    return result
