@@ -3,8 +3,10 @@
 Two queues: `gpu` (network work: deep features, fusion, CAM, embedding, training; uses CUDA
 when the worker has it) and `cpu` (lung masks + radiomics, indexing, retrieval, recovery). One
 worker can serve both (`celery -A ildreview worker -Q gpu,cpu`); a GPU machine runs `-Q gpu`.
-Serialisation, acks_late, prefetch and broker options come from settings (CELERY_*); queue
-choice is on each task (`retrieval/tasks.py`) and repeated here as routes.
+Serialisation, acks_late, prefetch and broker options come from settings (CELERY_*). The queue
+of each task is chosen here and only here, by `task_routes`: routes apply to every message,
+including those the pipeline sends by task name (`retrieval.pipeline.enqueue`), which never see
+options set on a task.
 """
 
 import os

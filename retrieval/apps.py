@@ -8,7 +8,7 @@ class RetrievalConfig(AppConfig):
 
     def ready(self) -> None:
         from cases import signals
-        from retrieval import receivers
+        from retrieval import receivers, tasks  # noqa: F401 (tasks: registered, sent by name)
 
         signals.study_imported.connect(
             receivers.study_imported_enqueue, dispatch_uid="retrieval.study_imported_enqueue"

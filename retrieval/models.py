@@ -41,7 +41,7 @@ class ModelVersion(models.Model):
 
 def _result_cam_upload_to(instance: SimilarCase, filename: str) -> str:
     # Ids only, like every storage key (the explain stage names its files with
-    # `retrieval.pipeline.services.cam_name`, under the same folder).
+    # `retrieval.pipeline.stages.cam_name`, under the same folder).
     return f"results/{instance.result.study_id}/{instance.result.model_version_id}/{filename}"
 
 

@@ -1,8 +1,9 @@
 """Celery tasks of the retrieval pipeline: thin wrappers (primary keys in, one service call).
 
-Queues (routes in `ildreview/celery.py`): `gpu` for the stages that run the network (embed, explain,
-reference embedding, re-embedding, bootstrap training); `cpu` for prepare (k-means lung masks +
-radiomics), retrieve (index) and recovery. Retries with exponential backoff only on transient
+The pipeline's services never import this module: they send these tasks by name
+(`retrieval.pipeline.enqueue.task_signature`), so the import graph has no cycle. Queues are
+chosen by the routes in `ildreview/celery.py` (the one place they are named), which also apply
+to messages sent by name. Retries with exponential backoff only on transient
 errors (database connection, broker connection); bad data fails the study at once with a clear
 message. `acks_late` + `reject_on_worker_lost` (settings) let a killed worker's message come
 back; `retrieval.pipeline.recovery` covers brokers that do not redeliver.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from celery import Task, chain, shared_task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from django.conf import settings
@@ -62,7 +63,7 @@ class StudyStageTask(Task):
     the body (transient-error retries exhausted, hard time limit)."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
-        from retrieval.pipeline.progress import study_mark_failed
+        from retrieval.pipeline.enqueue import study_mark_failed
 
         study_id = kwargs.get("study_id", args[0] if args else None)
         run_id = kwargs.get("run_id", args[1] if len(args) > 1 else None)
@@ -74,8 +75,8 @@ class StudyStageTask(Task):
 
 def _stage_task(stage: str):
     def run(self, study_id: int, run_id: str) -> bool:
-        from retrieval.pipeline.progress import study_mark_failed
-        from retrieval.pipeline.services import STAGE_SERVICES
+        from retrieval.pipeline.enqueue import study_mark_failed
+        from retrieval.pipeline.stages import STAGE_SERVICES
 
         try:
             return STAGE_SERVICES[stage](study_id=study_id, run_id=run_id)
@@ -87,7 +88,7 @@ def _stage_task(stage: str):
             raise
 
     run.__name__ = f"study_{stage}"
-    run.__doc__ = f"Stage `{stage}` of a study (retrieval.pipeline.services.study_{stage})."
+    run.__doc__ = f"Stage `{stage}` of a study (retrieval.pipeline.stages.study_{stage})."
     return shared_task(
         bind=True,
         base=StudyStageTask,
@@ -102,16 +103,6 @@ study_prepare = _stage_task("prepare")
 study_embed = _stage_task("embed")
 study_retrieve = _stage_task("retrieve")
 study_explain = _stage_task("explain")
-
-
-def study_pipeline_signature(*, study_id: int, run_id: str):
-    """The chain prepare -> embed -> retrieve -> explain of one run of a study."""
-    return chain(
-        study_prepare.si(study_id, run_id),
-        study_embed.si(study_id, run_id),
-        study_retrieve.si(study_id, run_id),
-        study_explain.si(study_id, run_id),
-    )
 
 
 @shared_task(

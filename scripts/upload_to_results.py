@@ -66,8 +66,8 @@ def run(args, worker) -> int:
     from cases.models import Diagnosis, Slice, Study
     from cases.services.ingestion import study_import_paths
     from retrieval.models import StudyJob
+    from retrieval.pipeline.enqueue import study_enqueue_processing
     from retrieval.pipeline.reference import model_version_bootstrap
-    from retrieval.pipeline.services import study_enqueue_processing
     from retrieval.pipeline.synthetic import synthetic_reference_create
 
     folder = Path(settings.ILDREVIEW_REAL_DATA) / "lung-pet-ct-dx" / args.study

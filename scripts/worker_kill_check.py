@@ -191,8 +191,8 @@ def run(args, worker: Worker) -> dict:
 
     call_command("migrate", verbosity=0)
     from cases.models import Diagnosis, Study
+    from retrieval.pipeline.enqueue import study_enqueue_processing
     from retrieval.pipeline.reference import model_version_bootstrap
-    from retrieval.pipeline.services import study_enqueue_processing
     from retrieval.pipeline.synthetic import synthetic_reference_create, synthetic_study_create
 
     User = get_user_model()

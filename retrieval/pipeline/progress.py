@@ -1,4 +1,4 @@
-"""Study progress, job heartbeat and the failed state.
+"""Progress of a running stage: the study's progress bar and the job's heartbeat.
 
 Progress writes use `QuerySet.update` on single rows so that a progress tick never overwrites
 other fields another process changed meanwhile; they bump `Study.updated_at` explicitly
@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import time
 
-from django.db import transaction
 from django.utils import timezone
 
 from cases.models import Study
@@ -82,28 +81,3 @@ def stage_done(*, study_id: int, run_id: str) -> None:
     StudyJob.objects.filter(study_id=study_id, run_id=run_id, state=StudyJob.State.RUNNING).update(
         state=StudyJob.State.QUEUED, heartbeat_at=timezone.now()
     )
-
-
-def study_mark_failed(*, study_id: int, run_id: str | None, message: str) -> bool:
-    """Put the study in `failed` with `message` (its run only, when `run_id` is given).
-
-    Returns False when the run is no longer current (a newer run owns the study) or the status
-    machine does not allow it.
-    """
-    with transaction.atomic():
-        study = Study.objects.select_for_update().filter(pk=study_id).first()
-        if study is None:
-            return False
-        job = StudyJob.objects.select_for_update().filter(study_id=study_id).first()
-        if run_id is not None and (job is None or job.run_id != run_id):
-            return False
-        if not study.can_transition(Study.Status.FAILED):
-            return False
-        study.status = Study.Status.FAILED
-        study.status_message = message[:2000]
-        study.save(update_fields=["status", "status_message", "updated_at"])
-        if job is not None:
-            job.state = StudyJob.State.FAILED
-            job.finished_at = timezone.now()
-            job.save(update_fields=["state", "finished_at", "updated_at"])
-    return True

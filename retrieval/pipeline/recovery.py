@@ -11,7 +11,7 @@ back. So workers also recover on their own:
   `running` with a heartbeat older than `ILDREVIEW_STALE_AFTER_S`, or `queued` with a heartbeat
   older than `ILDREVIEW_QUEUED_STALE_AFTER_S` (a message lost by a broker without
   redelivery), is re-enqueued; so is a `queued` job without heartbeat at once (its message
-  was never sent: the broker refused it right after the commit, see `services._publish`);
+  was never sent: the broker refused it right after the commit, see `enqueue.run_publish`);
 - a study still `uploaded` (committed by an upload but never queued: no job, or a job whose
   run never started) `ILDREVIEW_UPLOADED_GRACE_S` after its last change is queued.
 
@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from cases.models import Study
 from retrieval.models import StudyJob
+from retrieval.pipeline.enqueue import job_new_run, run_publish, study_enqueue_processing
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,6 @@ def uploaded_studies_enqueue() -> list[int]:
 
 
 def _uploaded_enqueue_one(*, study_id: int) -> bool:
-    from retrieval.pipeline.services import study_enqueue_processing
-
     with transaction.atomic():
         study = (
             Study.objects.select_for_update()
@@ -97,18 +96,16 @@ def _uploaded_enqueue_one(*, study_id: int) -> bool:
 
 
 def _requeue_one(*, job_id: int, run_id: str) -> int | None:
-    from retrieval.pipeline.services import _job_new_run, _publish
-
     with transaction.atomic():
         job = StudyJob.objects.select_for_update().filter(pk=job_id, run_id=run_id).first()
         if job is None:  # another worker re-enqueued it, or it moved on meanwhile
             return None
-        job = _job_new_run(study_id=job.study_id, model_version=job.model_version)
+        job = job_new_run(study_id=job.study_id, model_version=job.model_version)
         Study.objects.filter(pk=job.study_id).update(
             progress_stage="queued", updated_at=timezone.now()
         )
         study_id, new_run = job.study_id, job.run_id
-        transaction.on_commit(lambda: _publish(study_id=study_id, run_id=new_run))
+        transaction.on_commit(lambda: run_publish(study_id=study_id, run_id=new_run))
     return study_id
 
 

@@ -52,7 +52,7 @@ def reference_case_embed(*, reference_case: ReferenceCase, model_version: ModelV
     """Embed the slices with enough lung of one case under `model_version`; returns the number
     of `ReferenceEmbedding` rows it has afterwards. Idempotent (rows keyed by (version, slice);
     rows of slices that no longer qualify are deleted)."""
-    from retrieval.pipeline.services import embed_with_radiomics, min_lung_fraction, slice_radiomics
+    from retrieval.pipeline.stages import embed_with_radiomics, min_lung_fraction, slice_radiomics
 
     model = model_load(model_version=model_version)
     size = model_image_size(model)

@@ -2,34 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from cases.models import Study
-from retrieval.models import ModelVersion, SimilarCase, SliceFeatures, StudyJob, StudyResult
-
-
-@dataclass(frozen=True)
-class StudyProgress:
-    """What the progress bar shows: status, stage, percent, failure reason, whether an expert
-    may press Retry."""
-
-    status: str
-    stage: str
-    percent: int
-    message: str
-    can_retry: bool
-
-
-def study_progress(*, study: Study) -> StudyProgress:
-    return StudyProgress(
-        status=study.status,
-        stage=study.progress_stage,
-        percent=study.progress_percent,
-        message=study.status_message,
-        can_retry=study.status == Study.Status.FAILED,
-    )
+from retrieval.models import ModelVersion, SimilarCase, SliceFeatures, StudyResult
 
 
 def study_result_get(
@@ -54,22 +30,6 @@ def similar_case_list(
     if diagnosis_code:
         qs = qs.filter(reference_case__diagnosis__code=diagnosis_code)
     return list(qs.order_by("rank"))
-
-
-def slice_radiomics_main(*, slice_id: int, model_version: ModelVersion) -> dict[str, float]:
-    """{feature: value} of the main radiomics features of a slice ({} when not computed)."""
-    row = SliceFeatures.objects.filter(slice_id=slice_id, model_version=model_version).first()
-    return dict(row.radiomics_main) if row else {}
-
-
-def radiomics_side_by_side(
-    *, similar_case: SimilarCase
-) -> list[tuple[str, float | None, float | None]]:
-    """Rows (feature, query value, reference value) for the review page's comparison table."""
-    version = similar_case.result.model_version
-    q = slice_radiomics_main(slice_id=similar_case.query_slice_id, model_version=version)
-    r = slice_radiomics_main(slice_id=similar_case.reference_slice_id, model_version=version)
-    return [(name, q.get(name), r.get(name)) for name in sorted(set(q) | set(r))]
 
 
 def study_similar_search(
@@ -104,7 +64,3 @@ def study_similar_search(
         exclude_case_ids=own,
     )
     return result, meta, [r[0] for r in rows]
-
-
-def study_job_get(*, study: Study) -> StudyJob | None:
-    return StudyJob.objects.filter(study=study).first()

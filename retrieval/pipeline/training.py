@@ -61,9 +61,9 @@ def training_run_start(
     )
 
     def publish(run_id=run.pk):
-        from retrieval.tasks import model_version_train
+        from retrieval.pipeline.enqueue import task_publish
 
-        model_version_train.delay(run_id)
+        task_publish("model_version_train", run_id)
 
     transaction.on_commit(publish)
     return run

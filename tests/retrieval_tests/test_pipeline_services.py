@@ -9,7 +9,8 @@ from django.conf import settings
 
 from cases.models import Slice, Study
 from retrieval.models import SimilarCase, SliceFeatures, StudyJob, StudyResult
-from retrieval.pipeline import services
+from retrieval.pipeline import enqueue
+from retrieval.pipeline import stages as pipeline_stages
 from retrieval.pipeline.synthetic import synthetic_study_create
 from tests.retrieval_tests.pipeline_fixtures import SIZE
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.django_db
 def _enqueue_and_run(study, django_capture_on_commit_callbacks):
     """Enqueue like an upload does; the on-commit chain runs eagerly (tests' Celery config)."""
     with django_capture_on_commit_callbacks(execute=True):
-        job = services.study_enqueue_processing(study=study)
+        job = enqueue.study_enqueue_processing(study=study)
     study.refresh_from_db()
     return job
 
@@ -29,9 +30,9 @@ def _run_stages(study, *stages: str) -> str:
     from retrieval.selectors import model_version_active
 
     Study.objects.filter(pk=study.pk).update(status=Study.Status.PROCESSING)
-    run_id = services._job_new_run(study_id=study.pk, model_version=model_version_active()).run_id
+    run_id = enqueue.job_new_run(study_id=study.pk, model_version=model_version_active()).run_id
     for stage in stages:
-        assert services.STAGE_SERVICES[stage](study_id=study.pk, run_id=run_id)
+        assert pipeline_stages.STAGE_SERVICES[stage](study_id=study.pk, run_id=run_id)
     return run_id
 
 
@@ -92,8 +93,8 @@ def test_rerunning_every_stage_of_a_run_creates_no_duplicate_rows_or_files(
     }
     # A worker died after the last stage but before the ack: the same run is replayed.
     Study.objects.filter(pk=study.pk).update(status=Study.Status.PROCESSING)
-    for stage in services.STAGES:
-        assert services.STAGE_SERVICES[stage](study_id=study.pk, run_id=job.run_id)
+    for stage in pipeline_stages.STAGES:
+        assert pipeline_stages.STAGE_SERVICES[stage](study_id=study.pk, run_id=job.run_id)
     after = {
         "features": SliceFeatures.objects.filter(slice__series__study=study).count(),
         "results": StudyResult.objects.filter(study=study).count(),
@@ -116,8 +117,8 @@ def test_a_stage_message_of_an_older_run_does_nothing(library, clinician, active
     new = _run_stages(study)  # re-enqueued (e.g. by recovery): a new run owns the study
 
     assert new != old
-    for stage in services.STAGES:
-        assert services.STAGE_SERVICES[stage](study_id=study.pk, run_id=old) is False
+    for stage in pipeline_stages.STAGES:
+        assert pipeline_stages.STAGE_SERVICES[stage](study_id=study.pk, run_id=old) is False
     assert StudyResult.objects.get(study=study).pk == result_id
     assert Study.objects.get(pk=study.pk).status == Study.Status.PROCESSING
 
@@ -141,7 +142,7 @@ def test_a_study_with_no_lung_at_all_fails_with_a_clear_reason(
     library, clinician, active_version, django_capture_on_commit_callbacks
 ):
     study = synthetic_study_create(uploaded_by=clinician, slices=0, empty_slices=2, size=SIZE)
-    with pytest.raises(services.PipelineDataError):
+    with pytest.raises(pipeline_stages.PipelineDataError):
         _enqueue_and_run(study, django_capture_on_commit_callbacks)
     study.refresh_from_db()
     assert study.status == Study.Status.FAILED
@@ -153,7 +154,7 @@ def test_without_an_active_model_the_study_fails_and_says_how_to_fix_it(
     clinician, pipeline_env, django_capture_on_commit_callbacks
 ):
     study = synthetic_study_create(uploaded_by=clinician, slices=1, size=SIZE)
-    with pytest.raises(services.PipelineDataError):
+    with pytest.raises(pipeline_stages.PipelineDataError):
         _enqueue_and_run(study, django_capture_on_commit_callbacks)
     study.refresh_from_db()
     assert study.status == Study.Status.FAILED
@@ -165,7 +166,7 @@ def test_enqueue_refuses_a_status_outside_the_machine_and_saves_nothing(clinicia
     # Every known status may go (back) to processing; anything else is refused.
     Study.objects.filter(pk=study.pk).update(status="archived")
     with pytest.raises(ValueError, match="cannot be processed"):
-        services.study_enqueue_processing(study=study)
+        enqueue.study_enqueue_processing(study=study)
     assert not StudyJob.objects.filter(study=study).exists()
     assert Study.objects.get(pk=study.pk).status == "archived"
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from cases.models import Study
 from ildreview.celery import app
 from retrieval.models import StudyJob
-from retrieval.pipeline import recovery, services
+from retrieval.pipeline import enqueue, recovery, stages
 from retrieval.pipeline.synthetic import synthetic_study_create
 from tests.factories import UserFactory
 
@@ -102,7 +102,7 @@ def test_an_uploaded_study_whose_queued_message_was_lost_gets_a_new_run(
     job = StudyJob.objects.get(study=study)
     assert job.run_id != "lost" and job.attempts == 2 and _publishes(callbacks) == 1
     # The lost run's message, if it ever arrives, does nothing.
-    assert services.study_prepare(study_id=study.pk, run_id="lost") is False
+    assert stages.study_prepare(study_id=study.pk, run_id="lost") is False
 
 
 def test_a_run_the_broker_refused_is_flagged_and_sent_again_by_the_next_sweep(
@@ -110,7 +110,7 @@ def test_a_run_the_broker_refused_is_flagged_and_sent_again_by_the_next_sweep(
 ):
     study = _study(uploader)
     with django_capture_on_commit_callbacks() as callbacks:
-        services.study_enqueue_processing(study=study)
+        enqueue.study_enqueue_processing(study=study)
     refused_run = StudyJob.objects.get(study=study).run_id
 
     # The commit succeeded; the broker refuses the message: no error reaches the caller.

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cases.models import Study
 from retrieval.models import SimilarCase
-from retrieval.pipeline import services
+from retrieval.pipeline import enqueue
 from retrieval.pipeline.synthetic import synthetic_study_create
 from retrieval.review_services import review_cam_name
 from tests.retrieval_tests.pipeline_fixtures import LIBRARY, SIZE
@@ -41,7 +41,7 @@ def processed(library, clinician, active_version, settings, django_capture_on_co
         uploaded_by=clinician, pattern="reticulation", slices=3, size=SIZE
     )
     with django_capture_on_commit_callbacks(execute=True):
-        services.study_enqueue_processing(study=study)
+        enqueue.study_enqueue_processing(study=study)
     study.refresh_from_db()
     assert study.status == Study.Status.READY_FOR_REVIEW
     return study

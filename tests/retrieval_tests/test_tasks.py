@@ -12,7 +12,7 @@ from cases.models import ReferenceCase, Study
 from ildreview.celery import app
 from retrieval import tasks
 from retrieval.models import ReferenceEmbedding, StudyJob, StudyResult
-from retrieval.pipeline import recovery, services
+from retrieval.pipeline import enqueue, recovery, stages
 from retrieval.pipeline.runtime import PipelineDataError
 from retrieval.pipeline.synthetic import synthetic_reference_create, synthetic_study_create
 from tests.factories import diagnosis
@@ -53,7 +53,7 @@ def test_a_stage_task_that_fails_on_bad_data_marks_the_study_failed(
 ):
     study = synthetic_study_create(uploaded_by=clinician, slices=0, size=SIZE)
     with pytest.raises(PipelineDataError), django_capture_on_commit_callbacks(execute=True):
-        services.study_enqueue_processing(study=study)
+        enqueue.study_enqueue_processing(study=study)
     study.refresh_from_db()
     assert study.status == Study.Status.FAILED
     assert "has no slices" in study.status_message
@@ -114,7 +114,7 @@ def test_a_study_whose_worker_died_is_re_enqueued_and_completes(
     assert job.run_id != "dead" and job.attempts == 1
     assert StudyResult.objects.filter(study=study).count() == 1
     # The dead run's message, redelivered late, changes nothing.
-    assert services.study_prepare(study_id=study.pk, run_id="dead") is False
+    assert stages.study_prepare(study_id=study.pk, run_id="dead") is False
 
 
 @pytest.mark.django_db

@@ -1,7 +1,8 @@
 """Processing of an uploaded study: prepare -> embed -> retrieve -> explain.
 
 Each stage is a service taking `study_id` and `run_id` and is run by its own Celery task
-(`retrieval.tasks`), so the heavy parts can go to the `gpu` queue:
+(`retrieval.tasks.study_<stage>`, sent by `retrieval.pipeline.enqueue`), so the heavy parts can
+go to the `gpu` queue:
 
 - prepare (cpu queue): load HU slices, engine `prepare_slice` (window, resize, k-means lung
   mask), `Slice.lung_fraction`, raw pyradiomics vector + main features (`SliceFeatures`).
@@ -11,7 +12,8 @@ Each stage is a service taking `study_id` and `run_id` and is run by its own Cel
   for slices with enough lung (`ILDREVIEW_MIN_LUNG_FRACTION`).
 - retrieve (cpu queue): incremental index sync + `rank_cases` -> `StudyResult` + `SimilarCase`.
 - explain (gpu queue): similarity CAM of the best slice pair of every retrieved case, saved as
-  PNG overlays with deterministic names, then the study becomes ready_for_review.
+  PNG overlays with deterministic names (written through `_media_write`), then the study
+  becomes ready_for_review (`enqueue.study_finish`).
 
 Idempotency: every write is keyed by unique fields (`update_or_create` on (slice, version);
 results deleted and re-created in one transaction; CAM files written under fixed names after
@@ -23,18 +25,18 @@ worker died, when the study was already re-enqueued) does nothing and returns Fa
 from __future__ import annotations
 
 import logging
-import uuid
 
 import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.utils import timezone
 
 from cases.models import Diagnosis, ReferenceCase, Slice, Study
+from retrieval.engine.radiomics import MAIN_FEATURES
 from retrieval.models import ModelVersion, SimilarCase, SliceFeatures, StudyJob, StudyResult
 from retrieval.pipeline import progress as prog
+from retrieval.pipeline.enqueue import STAGES, study_finish
 from retrieval.pipeline.runtime import (
     PipelineDataError,
     model_image_size,
@@ -46,21 +48,6 @@ from retrieval.pipeline.runtime import (
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("prepare", "embed", "retrieve", "explain")
-# Radiomics features shown side by side on the review page (those the params file enables).
-MAIN_RADIOMICS = (
-    "original_firstorder_Mean",
-    "original_firstorder_Skewness",
-    "original_firstorder_Kurtosis",
-    "original_firstorder_Entropy",
-    "original_glcm_Contrast",
-    "original_glcm_Correlation",
-    "original_glrlm_RunLengthNonUniformity",
-    "original_glszm_ZoneEntropy",
-    "original_ngtdm_Coarseness",
-    "original_shape2D_PixelSurface",
-)
-
 
 def results_top_k() -> int:
     return settings.ILDREVIEW_RESULTS_TOP_K
@@ -68,87 +55,6 @@ def results_top_k() -> int:
 
 def min_lung_fraction() -> float:
     return float(settings.ILDREVIEW_MIN_LUNG_FRACTION)
-
-
-# ---------------------------------------------------------------------------------------------
-# Enqueueing
-# ---------------------------------------------------------------------------------------------
-
-
-def study_enqueue_processing(*, study: Study) -> StudyJob:
-    """Queue `study` for processing (upload, API, or the Retry action on a failed study).
-
-    Moves the study to `processing` (stage "queued"), starts a new run (new `run_id`, so any
-    message of an older run becomes a no-op) pinned to the active model version, and publishes
-    the stage chain on commit. Raises ValueError when the status machine forbids it. Inside
-    an outer transaction (an upload) the job commits or rolls back with it.
-    """
-    from retrieval.selectors import model_version_active
-
-    with transaction.atomic():
-        locked = Study.objects.select_for_update().get(pk=study.pk)
-        if not locked.can_transition(Study.Status.PROCESSING):
-            raise ValueError(f"study {study.pk} cannot be processed from status {locked.status}")
-        _study_status_set(locked, status=Study.Status.PROCESSING, stage="queued", percent=0)
-        job = _job_new_run(study_id=locked.pk, model_version=model_version_active())
-        run_id = job.run_id
-        transaction.on_commit(lambda: _publish(study_id=locked.pk, run_id=run_id))
-    study.refresh_from_db()
-    return job
-
-
-def _study_status_set(study: Study, *, status: str, stage: str, percent: int) -> None:
-    """Set status and progress of a locked study, clearing any failure message."""
-    study.status = status
-    study.status_message = ""
-    study.progress_stage = stage
-    study.progress_percent = percent
-    study.save(
-        update_fields=[
-            "status",
-            "status_message",
-            "progress_stage",
-            "progress_percent",
-            "updated_at",
-        ]
-    )
-
-
-def _job_new_run(*, study_id: int, model_version: ModelVersion | None) -> StudyJob:
-    job, _ = StudyJob.objects.select_for_update().get_or_create(
-        study_id=study_id, defaults={"run_id": ""}
-    )
-    job.run_id = uuid.uuid4().hex
-    job.model_version = model_version
-    job.stage = "queued"
-    job.state = StudyJob.State.QUEUED
-    job.worker = ""
-    job.attempts += 1
-    job.heartbeat_at = timezone.now()
-    job.started_at = None
-    job.finished_at = None
-    job.save()
-    return job
-
-
-def _publish(*, study_id: int, run_id: str) -> None:
-    """Send the run's stage chain to the broker (called on commit). When the broker refuses
-    it, the committed job is left queued with no heartbeat, which the recovery sweep takes as
-    "never sent" and sends again; the upload itself has succeeded and stays so."""
-    from retrieval.tasks import study_pipeline_signature
-
-    signature = study_pipeline_signature(study_id=study_id, run_id=run_id)
-    try:
-        signature.apply_async()
-    except Exception:
-        if signature.app.conf.task_always_eager:
-            raise  # eager mode ran the stages here: this is their own error
-        logger.exception(
-            "study %s: run %s not sent to the broker; recovery resends it", study_id, run_id
-        )
-        StudyJob.objects.filter(
-            study_id=study_id, run_id=run_id, state=StudyJob.State.QUEUED
-        ).update(heartbeat_at=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +121,7 @@ def slice_radiomics(
         logger.info("slice skipped, no radiomics: %s", exc)
         return None, {}
     names = list(model.radiomics.feature_names)
-    main = {n: float(vec[names.index(n)]) for n in MAIN_RADIOMICS if n in names}
+    main = {n: float(vec[names.index(n)]) for n in MAIN_FEATURES if n in names}
     return vec, main
 
 
@@ -286,13 +192,8 @@ def study_embed(*, study_id: int, run_id: str) -> bool:
 
 def embed_with_radiomics(*, model, prepared: list, radiomics: np.ndarray) -> np.ndarray:
     """Embeddings (N, E) of prepared slices whose raw radiomics were computed already: deep
-    features through the backbone, then the model's fusion (`embed_features`)."""
-    from retrieval.pipeline.bootstrap import deep_features
-
-    deep = deep_features(
-        backbone=model.backbone, prepared=prepared, input_size=model.config.get("input_size")
-    )
-    return np.asarray(model.embed_features(deep, radiomics), dtype=np.float32)
+    features through the backbone, then the model's fusion (`RetrievalModel.embed`)."""
+    return model.embed(prepared, radiomics=radiomics, batch_size=8)
 
 
 def study_retrieve(*, study_id: int, run_id: str) -> bool:
@@ -427,49 +328,7 @@ def study_explain(*, study_id: int, run_id: str) -> bool:
     return study_finish(study_id=study_id, run_id=run_id)
 
 
-def study_finish(*, study_id: int, run_id: str) -> bool:
-    """Mark the run done and the study ready_for_review (100 %)."""
-    with transaction.atomic():
-        job = StudyJob.objects.select_for_update().filter(study_id=study_id).first()
-        study = Study.objects.select_for_update().get(pk=study_id)
-        if job is None or job.run_id != run_id or study.status != Study.Status.PROCESSING:
-            return False
-        _study_status_set(study, status=Study.Status.READY_FOR_REVIEW, stage="done", percent=100)
-        job.stage = "done"
-        job.state = StudyJob.State.DONE
-        job.finished_at = timezone.now()
-        job.save(update_fields=["stage", "state", "finished_at", "updated_at"])
-    return True
-
-
-STAGE_SERVICES = {
-    "prepare": study_prepare,
-    "embed": study_embed,
-    "retrieve": study_retrieve,
-    "explain": study_explain,
-}
-
-
-def study_process(*, study_id: int, run_id: str | None = None) -> bool:
-    """Run all stages in this process (management commands, debugging). Without `run_id`, the
-    study is enqueued-in-place first (a new run) but not published to the broker."""
-    if run_id is None:
-        with transaction.atomic():
-            study = Study.objects.select_for_update().get(pk=study_id)
-            if study.status != Study.Status.PROCESSING:
-                if not study.can_transition(Study.Status.PROCESSING):
-                    raise ValueError(f"study {study_id} cannot be processed from {study.status}")
-                study.status = Study.Status.PROCESSING
-                study.status_message = ""
-                study.save(update_fields=["status", "status_message", "updated_at"])
-            from retrieval.selectors import model_version_active
-
-            run_id = _job_new_run(study_id=study_id, model_version=model_version_active()).run_id
-    try:
-        for stage in STAGES:
-            if not STAGE_SERVICES[stage](study_id=study_id, run_id=run_id):
-                return False
-    except PipelineDataError as exc:
-        prog.study_mark_failed(study_id=study_id, run_id=run_id, message=str(exc))
-        return False
-    return True
+# The service of each stage, in the order of `enqueue.STAGES` (the tasks' chain).
+STAGE_SERVICES = dict(
+    zip(STAGES, (study_prepare, study_embed, study_retrieve, study_explain), strict=True)
+)
