@@ -87,10 +87,19 @@ def chest_phantom(
     parenchyma = LUNG_HU + 45.0 * dependent + 10.0 * texture
     vessels = _vessel_map(canvas=canvas, rng=rng, anatomy=anatomy)
 
+    drawn, weight = None, None
     if focal or (lesion_center is not None and pattern == "normal"):
         drawn = "consolidation" if pattern == "normal" else pattern
         centre = lesion_center if lesion_center is not None else _random_lung_point(rng, lung)
         blob = _wobbly(canvas, centre[0], centre[1], 0.065, 0.065, rng=rng, amp=0.12)
+        weight = (blob & lung).astype(np.float32)
+        focal = True
+    elif pattern != "normal":
+        drawn = pattern
+        if lesion_center is not None:
+            d2 = (canvas.yy - lesion_center[0]) ** 2 + (canvas.xx - lesion_center[1]) ** 2
+            weight = np.exp(-d2 / (2 * 0.18**2)).astype(np.float32)
+    if drawn is not None:
         parenchyma, vessels = _apply_pattern(
             drawn,
             canvas=canvas,
@@ -98,24 +107,8 @@ def chest_phantom(
             anatomy=anatomy,
             parenchyma=parenchyma,
             vessels=vessels,
-            weight=(blob & lung).astype(np.float32),
-            focal=True,
-            z=z,
-        )
-    elif pattern != "normal":
-        weight = None
-        if lesion_center is not None:
-            d2 = (canvas.yy - lesion_center[0]) ** 2 + (canvas.xx - lesion_center[1]) ** 2
-            weight = np.exp(-d2 / (2 * 0.18**2)).astype(np.float32)
-        parenchyma, vessels = _apply_pattern(
-            pattern,
-            canvas=canvas,
-            rng=rng,
-            anatomy=anatomy,
-            parenchyma=parenchyma,
-            vessels=vessels,
             weight=weight,
-            focal=False,
+            focal=focal,
             z=z,
         )
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from cases.api.serializers import ErrorSerializer
-from cases.models import slice_dicom_name
+from cases.models import Slice, slice_dicom_name
 from cases.selectors import slice_get_visible
 
 
@@ -72,41 +72,65 @@ class FileView(APIView):
     content_negotiation_class = _FirstRenderer
 
 
-class SlicePixelsView(FileView):
-    @extend_schema(
-        operation_id="file_slice_pixels",
-        summary="Hounsfield-unit pixels of a slice (.npy)",
-        description="The slice's pixels as a NumPy `.npy` array (int16 HU; uint8 for windowed "
-        "2-D reference images). Same visibility as the slice's study.",
-        responses={
-            (200, "application/octet-stream"): binary_response("The .npy array."),
-            **file_errors("slice"),
-        },
+def _slice_file_schema(
+    *, operation_id: str, summary: str, description: str, media_type: str, body: str
+):
+    """The OpenAPI description of a slice file view's GET."""
+    return extend_schema_view(
+        get=extend_schema(
+            operation_id=operation_id,
+            summary=summary,
+            description=description,
+            responses={(200, media_type): binary_response(body), **file_errors("slice")},
+        )
     )
+
+
+class _SliceFileView(FileView):
+    """One stored file of a slice, with the slice's visibility; subclasses say which."""
+
+    content_type = ""
+    suffix = ""
+
+    def stored_name(self, slice_: Slice) -> str:
+        raise NotImplementedError
+
     def get(self, request: Request, pk: int) -> FileResponse:
         slice_ = slice_get_visible(user=request.user, pk=pk)
         return stored_file_response(
-            name=slice_.pixels.name,
-            content_type="application/octet-stream",
-            filename=f"slice-{slice_.pk}.npy",
+            name=self.stored_name(slice_),
+            content_type=self.content_type,
+            filename=f"slice-{slice_.pk}.{self.suffix}",
         )
 
 
-class SliceDicomView(FileView):
-    @extend_schema(
-        operation_id="file_slice_dicom",
-        summary="De-identified DICOM copy of a slice",
-        description="The de-identified DICOM instance the slice was read from (404 for "
-        "reference images imported from PNG/JPEG). Same visibility as the slice's study.",
-        responses={
-            (200, "application/dicom"): binary_response("The DICOM file."),
-            **file_errors("slice"),
-        },
-    )
-    def get(self, request: Request, pk: int) -> FileResponse:
-        slice_ = slice_get_visible(user=request.user, pk=pk)
-        return stored_file_response(
-            name=slice_dicom_name(slice_=slice_),
-            content_type="application/dicom",
-            filename=f"slice-{slice_.pk}.dcm",
-        )
+@_slice_file_schema(
+    operation_id="file_slice_pixels",
+    summary="Hounsfield-unit pixels of a slice (.npy)",
+    description="The slice's pixels as a NumPy `.npy` array (int16 HU; uint8 for windowed "
+    "2-D reference images). Same visibility as the slice's study.",
+    media_type="application/octet-stream",
+    body="The .npy array.",
+)
+class SlicePixelsView(_SliceFileView):
+    content_type = "application/octet-stream"
+    suffix = "npy"
+
+    def stored_name(self, slice_: Slice) -> str:
+        return slice_.pixels.name
+
+
+@_slice_file_schema(
+    operation_id="file_slice_dicom",
+    summary="De-identified DICOM copy of a slice",
+    description="The de-identified DICOM instance the slice was read from (404 for "
+    "reference images imported from PNG/JPEG). Same visibility as the slice's study.",
+    media_type="application/dicom",
+    body="The DICOM file.",
+)
+class SliceDicomView(_SliceFileView):
+    content_type = "application/dicom"
+    suffix = "dcm"
+
+    def stored_name(self, slice_: Slice) -> str:
+        return slice_dicom_name(slice_=slice_)

@@ -215,6 +215,16 @@ class ReferenceRejectSerializer(serializers.Serializer):
     comment = StrictCharField(max_length=2000, help_text="The reason for rejecting.")
 
 
+def _diagnosis_code_filter(what: str) -> serializers.CharField:
+    """An optional diagnosis-code query parameter (`what`, then how it matches)."""
+    return serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text=f"{what} (see /api/diagnoses/); an unknown code matches nothing",
+    )
+
+
 class StudyFilterSerializer(serializers.Serializer):
     """Query parameters of GET /api/studies/ (validated from a plain dict, so that an empty
     `status=` is refused like any value outside the enum rather than read as absent)."""
@@ -226,25 +236,14 @@ class StudyFilterSerializer(serializers.Serializer):
         max_length=200,
         help_text="Search patient id, description or StudyInstanceUID",
     )
-    diagnosis = serializers.CharField(
-        required=False,
-        allow_blank=True,
-        max_length=64,
-        help_text="Diagnosis code of the current label (see /api/diagnoses/); an unknown "
-        "code matches nothing",
-    )
+    diagnosis = _diagnosis_code_filter("Diagnosis code of the current label")
 
 
 class ReferenceCaseFilterSerializer(serializers.Serializer):
     """Query parameters of GET /api/reference-cases/."""
 
     state = serializers.ChoiceField(choices=ReferenceCase.State.choices, required=False)
-    diagnosis = serializers.CharField(
-        required=False,
-        allow_blank=True,
-        max_length=64,
-        help_text="Diagnosis code (see /api/diagnoses/); an unknown code matches nothing",
-    )
+    diagnosis = _diagnosis_code_filter("Diagnosis code")
 
 
 class TokenRequestSerializer(serializers.Serializer):

@@ -17,21 +17,18 @@ urlpatterns = [
         views.ReferenceCaseDetailView.as_view(),
         name="api-reference-case-detail",
     ),
-    path(
-        "reference-cases/<int:pk>/approve/",
-        views.ReferenceCaseApproveView.as_view(),
-        name="api-reference-case-approve",
-    ),
-    path(
-        "reference-cases/<int:pk>/reject/",
-        views.ReferenceCaseRejectView.as_view(),
-        name="api-reference-case-reject",
-    ),
-    path(
-        "reference-cases/<int:pk>/retire/",
-        views.ReferenceCaseRetireView.as_view(),
-        name="api-reference-case-retire",
-    ),
+    *[
+        path(
+            f"reference-cases/<int:pk>/{action}/",
+            view.as_view(),
+            name=f"api-reference-case-{action}",
+        )
+        for action, view in (
+            ("approve", views.ReferenceCaseApproveView),
+            ("reject", views.ReferenceCaseRejectView),
+            ("retire", views.ReferenceCaseRetireView),
+        )
+    ],
     # Stored files, by the id of their row (cases/api/files.py).
     path("files/slices/<int:pk>.npy", files.SlicePixelsView.as_view(), name="api-file-slice-npy"),
     path("files/slices/<int:pk>.dcm", files.SliceDicomView.as_view(), name="api-file-slice-dcm"),

@@ -6,8 +6,11 @@ with a message. Clinicians get 403 on every endpoint here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import wraps
+from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -67,54 +70,66 @@ def _report(request: HttpRequest, exc: ValidationError) -> None:
     messages.error(request, " ".join(exc.messages))
 
 
-@require_POST
-@expert_required
-def label_set(request: HttpRequest, pk: int) -> HttpResponse:
-    """Confirm or correct the study's diagnosis."""
+def _study_form_action(
+    request: HttpRequest,
+    pk: int,
+    *,
+    form_class: type[forms.Form],
+    service: Callable[..., Any],
+    refused: str,
+    done: Callable[[Any], str],
+) -> HttpResponse:
+    """Validate the form (a diagnosis and a comment), call `service(study=, expert=,
+    diagnosis=, comment=)`, report the outcome as a message (`refused: <form errors>`, the
+    service's ValidationError, or `done(result)`) and go back to the study's page."""
     study = study_get_visible(user=request.user, pk=pk)
-    form = ExpertLabelForm(request.POST)
+    form = form_class(request.POST)
     if not form.is_valid():
-        messages.error(request, f"Label not saved: {_form_errors(form)}")
+        messages.error(request, f"{refused}: {_form_errors(form)}")
     else:
         try:
-            label = review_services.expert_label_set(
+            result = service(
                 study=study,
-                diagnosis=form.cleaned_data["diagnosis"],
                 expert=request.user,
+                diagnosis=form.cleaned_data["diagnosis"],
                 comment=form.cleaned_data["comment"],
             )
         except ValidationError as exc:
             _report(request, exc)
         else:
-            messages.success(request, f"Diagnosis set to {label.diagnosis.name}.")
+            messages.success(request, done(result))
     return _back(request, study_page_url(study.pk))
+
+
+@require_POST
+@expert_required
+def label_set(request: HttpRequest, pk: int) -> HttpResponse:
+    """Confirm or correct the study's diagnosis."""
+    return _study_form_action(
+        request,
+        pk,
+        form_class=ExpertLabelForm,
+        service=review_services.expert_label_set,
+        refused="Label not saved",
+        done=lambda label: f"Diagnosis set to {label.diagnosis.name}.",
+    )
 
 
 @require_POST
 @expert_required
 def reference_propose(request: HttpRequest, pk: int) -> HttpResponse:
-    """Propose the study as a reference case."""
-    study = study_get_visible(user=request.user, pk=pk)
-    form = ReferenceProposeForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, f"Not proposed: {_form_errors(form)}")
-    else:
-        try:
-            reference = review_services.reference_case_propose(
-                study=study,
-                expert=request.user,
-                diagnosis=form.cleaned_data["diagnosis"],
-                comment=form.cleaned_data["comment"],
-            )
-        except ValidationError as exc:
-            _report(request, exc)
-        else:
-            messages.success(
-                request,
-                f"Proposed as a {reference.diagnosis.name} reference case; "
-                "another expert must approve it.",
-            )
-    return _back(request, study_page_url(study.pk))
+    """Propose the study as a reference case (with its current diagnosis unless one is given)."""
+    return _study_form_action(
+        request,
+        pk,
+        form_class=ReferenceProposeForm,
+        service=review_services.reference_case_propose,
+        refused="Not proposed",
+        done=lambda reference: (
+            f"Proposed as a {reference.diagnosis.name} reference case; "
+            "another expert must approve it."
+        ),
+    )
 
 
 @require_GET
