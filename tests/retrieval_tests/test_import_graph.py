@@ -117,3 +117,12 @@ def test_the_pipeline_never_imports_its_tasks():
     importers = sorted(m for m, edges in graph.items() if "retrieval.tasks" in edges)
     assert not [m for m in importers if m.startswith("retrieval.pipeline")], importers
 
+
+def test_cases_imports_nothing_from_retrieval():
+    graph = import_graph()
+    upward = {
+        module: sorted(e for e in edges if e.split(".")[0] == "retrieval")
+        for module, edges in graph.items()
+        if module.split(".")[0] == "cases"
+    }
+    assert {m: e for m, e in upward.items() if e} == {}
