@@ -1,4 +1,6 @@
-"""Reads of retrieval records (model versions)."""
+"""Reads of retrieval records: model versions, their reports and the training library. The
+review page's reads (similar cases, votes, radiomics rows, CAM files) are in
+`retrieval.selectors.review`; the pipeline's own reads in `retrieval.pipeline.selectors`."""
 
 from __future__ import annotations
 
