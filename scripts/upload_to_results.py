@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import worker_kill_check as wkc  # noqa: E402 (shared helpers: Worker, environment)
+import worker_kill_check as wkc  # noqa: E402 (shared helpers: environment, redis_flush)
+from worker_process import WorkerProcess  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(wkc.ROOT))
     if args.broker == "redis":
         wkc.redis_flush(args.redis_url)
-    worker = wkc.Worker(env, tmp / "worker.log", f"timing-{os.getpid()}@%h")
+    worker = WorkerProcess(env=env, log=tmp / "worker.log", name=f"timing-{os.getpid()}@%h")
     try:
         return run(args, worker)
     finally:

@@ -26,12 +26,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# Run as `python scripts/worker_kill_check.py`: this folder is on sys.path.
+from worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -94,54 +95,6 @@ def redis_flush(url: str) -> None:
     redis.Redis.from_url(url).flushdb()
 
 
-class Worker:
-    """A real `celery worker` subprocess in its own session (process group)."""
-
-    def __init__(self, env: dict[str, str], log: Path, name: str):
-        self.env, self.log, self.name = env, log, name
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [
-            str(ROOT / ".venv" / "bin" / "celery"),
-            "-A",
-            "ildreview",
-            "worker",
-            "-Q",
-            "gpu,cpu",
-            "--concurrency",
-            "1",
-            "-n",
-            self.name,
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ]
-        fh = open(self.log, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def kill9(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="ildreview-kill-"))
@@ -153,7 +106,7 @@ def main(argv=None) -> int:
         pg_admin(f'CREATE DATABASE "{pg_name(tmp)}"')
     if args.broker == "redis":
         redis_flush(args.redis_url)
-    worker = Worker(env, tmp / "worker.log", f"killcheck-{os.getpid()}@%h")
+    worker = WorkerProcess(env=env, log=tmp / "worker.log", name=f"killcheck-{os.getpid()}@%h")
     report: dict = {
         "studies": args.studies,
         "kill": args.kill,
@@ -181,7 +134,7 @@ def main(argv=None) -> int:
     return 0 if report.get("ok") else 1
 
 
-def run(args, worker: Worker) -> dict:
+def run(args, worker: WorkerProcess) -> dict:
     import django
 
     django.setup()

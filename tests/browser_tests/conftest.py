@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,6 +18,9 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+
+from ildreview.broker import filesystem_transport_options
+from scripts.worker_process import WorkerProcess
 
 # Playwright's sync API runs an event loop in this thread; the test's own ORM calls (set-up,
 # waiting for the worker) are plain synchronous code, which Django would otherwise refuse.
@@ -106,60 +107,6 @@ class Stack:
     url: str  # live server
     tmp: Path
     worker: WorkerProcess
-
-
-class WorkerProcess:
-    """`celery -A ildreview worker -Q gpu,cpu` in its own process group, logging to a file."""
-
-    def __init__(self, *, env: dict[str, str], log: Path):
-        self.env, self.log = env, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [
-            str(ROOT / ".venv" / "bin" / "celery"),
-            "-A",
-            "ildreview",
-            "worker",
-            "-Q",
-            "gpu,cpu",
-            "--concurrency",
-            "1",
-            "-n",
-            f"browsertest-{os.getpid()}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ]
-        fh = open(self.log, "ab")  # noqa: SIM115 (the child writes to it until it stops)
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if not self.alive():
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def _celery_point_at(*, broker_url: str, transport_options: dict) -> dict:
@@ -262,20 +209,14 @@ def stack(live_server, transactional_db, settings, tmp_path):
             broker_url=REDIS_URL, transport_options={"visibility_timeout": 7200}
         )
     else:
-        folder = var / "broker" / "in"
-        (var / "broker" / "processed").mkdir(parents=True)
-        folder.mkdir(parents=True)
         env["CELERY_BROKER_URL"] = "filesystem://"
         previous = _celery_point_at(
             broker_url="filesystem://",
-            transport_options={
-                "data_folder_in": str(folder),
-                "data_folder_out": str(folder),
-                "processed_folder": str(var / "broker" / "processed"),
-                "store_processed": False,
-            },
+            transport_options=filesystem_transport_options(folder=var / "broker"),
         )
-    worker = WorkerProcess(env=env, log=tmp_path / "worker.log")
+    worker = WorkerProcess(
+        env=env, log=tmp_path / "worker.log", name=f"browsertest-{os.getpid()}@%h"
+    )
     threads = torch.get_num_threads()
     try:
         worker.start()
