@@ -93,13 +93,30 @@ def write_ct_series(
     paths, zs = [], []
     for k in range(n):
         z = float(top_z) - k * step
-        ds = _ct_dataset(sop_uid=sop_uids[k])
+        ds = ct_image_dataset(
+            stored=stored[k],
+            sop_uid=sop_uids[k],
+            study_uid=study_uid,
+            series_uid=series_uid,
+            series_number=series_number,
+            instance_number=k + 1,
+            # Centre the image on the patient axis in x/y (mm).
+            position=[
+                f"{-spacing[1] * (cols - 1) / 2:.4f}",
+                f"{-spacing[0] * (rows - 1) / 2:.4f}",
+                f"{z:.4f}",
+            ],
+            orientation=[f"{v:g}" for v in AXIAL],
+            spacing=[f"{spacing[0]:g}", f"{spacing[1]:g}"],
+            thickness=f"{thickness:g}",
+            intercept=f"{RESCALE_INTERCEPT:g}",
+            slope="1",
+        )
+        _synthetic_ct_attributes(ds)
         ds.PatientName = patient_name
         ds.PatientID = patient_id
         ds.PatientBirthDate = patient_birth_date
         ds.PatientSex = patient_sex
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = for_uid
         ds.PositionReferenceIndicator = ""
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = date
@@ -109,24 +126,10 @@ def write_ct_series(
         ds.ReferringPhysicianName = ""
         ds.StudyDescription = study_description
         ds.SeriesDescription = series_description
-        ds.SeriesNumber = series_number
-        ds.InstanceNumber = k + 1
         ds.ConvolutionKernel = convolution_kernel
-        ds.SliceThickness = f"{thickness:g}"
         if slice_spacing is not None:
             ds.SpacingBetweenSlices = f"{step:g}"
-        ds.PixelSpacing = [f"{spacing[0]:g}", f"{spacing[1]:g}"]
-        ds.ImageOrientationPatient = [f"{v:g}" for v in AXIAL]
-        # Centre the image on the patient axis in x/y (mm).
-        ds.ImagePositionPatient = [
-            f"{-spacing[1] * (cols - 1) / 2:.4f}",
-            f"{-spacing[0] * (rows - 1) / 2:.4f}",
-            f"{z:.4f}",
-        ]
         ds.SliceLocation = f"{z:.4f}"
-        ds.Rows, ds.Columns = rows, cols
-        ds.PixelRepresentation = 1 if signed else 0
-        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         path = folder / filename_pattern.format(number=k + 1, index=k)
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -140,33 +143,68 @@ def write_ct_series(
     )
 
 
-def _ct_dataset(*, sop_uid: str) -> Dataset:
-    """A CT Image Storage dataset with the fixed attributes of every synthetic slice."""
+def ct_image_dataset(
+    *,
+    stored: np.ndarray,
+    sop_uid: str,
+    study_uid: str,
+    series_uid: str,
+    series_number: int,
+    instance_number: int,
+    position: Sequence[float | str],
+    orientation: Sequence[float | str],
+    spacing: Sequence[float | str],
+    thickness: float | str,
+    intercept: float | str,
+    slope: float | str,
+    sop_class_uid: str = CTImageStorage,
+    modality: str = "CT",
+) -> Dataset:
+    """One image instance with its file meta (Explicit VR Little Endian): SOP common,
+    identification, plane geometry and a 16-bit MONOCHROME2 pixel module holding `stored`
+    (2-D uint16 or int16, the values before rescale). Values are set as given, so a caller
+    chooses how decimal strings are written. The one place a synthetic slice is built: the
+    series writer here and the tests' hostile-file generator start from it."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPClassUID = sop_class_uid
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = CTImageStorage
+    ds.SOPClassUID = sop_class_uid
     ds.SOPInstanceUID = sop_uid
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.Modality = "CT"
+    ds.Modality = modality
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = instance_number
+    ds.ImagePositionPatient = list(position)
+    ds.ImageOrientationPatient = list(orientation)
+    ds.PixelSpacing = list(spacing)
+    ds.SliceThickness = thickness
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
+    ds.RescaleIntercept = intercept
+    ds.RescaleSlope = slope
+    ds.RescaleType = "HU"
+    ds.PixelData = np.ascontiguousarray(stored).tobytes()
+    return ds
+
+
+def _synthetic_ct_attributes(ds: Dataset) -> None:
+    """The fixed equipment and display attributes of every slice of the demo phantom."""
     ds.Manufacturer = "ildreview synthetic phantom"
     ds.ManufacturerModelName = "cases.phantom"
     ds.BodyPartExamined = "CHEST"
     ds.PatientPosition = "HFS"
     ds.KVP = "120"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.RescaleIntercept = f"{RESCALE_INTERCEPT:g}"
-    ds.RescaleSlope = "1"
-    ds.RescaleType = "HU"
     ds.WindowCenter = "-600"
     ds.WindowWidth = "1500"
-    return ds

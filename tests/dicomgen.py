@@ -1,4 +1,4 @@
-"""Real CT DICOM files for tests, written with pydicom (no Django).
+"""Real CT DICOM files for tests, written with pydicom on the app's writer (no Django).
 
 A synthetic chest phantom (air, body at soft-tissue HU, two lungs near -850 HU, vessels, a
 vertebra) in as many slices, sizes, positions, orientations, rescale parameters and transfer
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -31,7 +31,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+from cases.dicom_writer import AXIAL, ct_image_dataset
+
 PATIENT_ID = "HOSP-0042"
 PATIENT_NAME = "Doe^Jane"
 
@@ -87,24 +88,31 @@ def ct_dataset(
     patient_name: str = PATIENT_NAME,
     transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> Dataset:
-    """A CT Image Storage dataset (with file meta) holding `hu` as unsigned stored values."""
-    sop_uid = sop_uid or generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage if modality == "CT" else MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.SourceApplicationEntityTitle = "SCANNER_AE"
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = sop_uid
+    """A CT Image Storage dataset (with file meta) holding `hu` as unsigned stored values, built
+    on the app's writer (`cases.dicom_writer.ct_image_dataset`) with the identifying attributes
+    a scanner would add (which de-identification must remove or replace)."""
+    stored = np.rint((hu.astype(np.float64) - intercept) / slope)
+    ds = ct_image_dataset(
+        stored=np.clip(stored, 0, 65535).astype(np.uint16),
+        sop_uid=sop_uid or generate_uid(),
+        study_uid=study_uid,
+        series_uid=series_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+        position=position,
+        orientation=orientation,
+        spacing=spacing,
+        thickness=thickness,
+        intercept=intercept,
+        slope=slope,
+        sop_class_uid=CTImageStorage if modality == "CT" else MRImageStorage,
+        modality=modality,
+    )
+    ds.file_meta.SourceApplicationEntityTitle = "SCANNER_AE"
     ds.StudyDate = "20240115"
     ds.SeriesDate = "20240115"
     ds.StudyTime = "101500"
     ds.AccessionNumber = "ACC-998877"
-    ds.Modality = modality
     ds.Manufacturer = "ildreview-tests"
     ds.InstitutionName = "Saint Example Hospital"
     ds.InstitutionAddress = "1 Example Street, Exampletown"
@@ -122,26 +130,8 @@ def ct_dataset(
     ds.PatientAddress = "2 Patient Road"
     ds.DeviceSerialNumber = "SN-555"
     ds.ConvolutionKernel = "B70f"
-    ds.SliceThickness = thickness
     ds.KVP = 120
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
     ds.StudyID = "S1"
-    ds.SeriesNumber = series_number
-    ds.InstanceNumber = instance_number
-    ds.ImagePositionPatient = list(position)
-    ds.ImageOrientationPatient = list(orientation)
-    ds.PixelSpacing = list(spacing)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = hu.shape
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleIntercept = intercept
-    ds.RescaleSlope = slope
-    ds.RescaleType = "HU"
     # Identifying text inside a nested item, and a private block: both must go.
     req = Dataset()
     req.RequestedProcedureID = "RP-1"
@@ -154,8 +144,6 @@ def ct_dataset(
     ds.ReferencedImageSequence = [ref]
     block = ds.private_block(0x0011, "ACME SCANNER", create=True)
     block.add_new(0x01, "LO", f"private {patient_id}")
-    stored = np.rint((hu.astype(np.float64) - intercept) / slope)
-    ds.PixelData = np.clip(stored, 0, 65535).astype(np.uint16).tobytes()
     if transfer_syntax != ExplicitVRLittleEndian:
         if transfer_syntax == ImplicitVRLittleEndian:
             ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
