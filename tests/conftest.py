@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import UserFactory
+
 REAL_DATA = Path(
     os.environ.get(
         "ILDREVIEW_REAL_DATA", Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
@@ -34,6 +36,36 @@ def _test_settings(settings, tmp_path_factory):
 
     app.conf.task_always_eager = True
     app.conf.task_eager_propagates = True
+
+
+# Users of each role, shared by the tests. Fixed user names, so that a page may be checked for
+# the name of who is logged in.
+@pytest.fixture
+def clinician(db):
+    return UserFactory(username="alice", role="Clinician")
+
+
+@pytest.fixture
+def other_clinician(db):
+    """A second clinician, who must not see the first one's studies."""
+    return UserFactory(username="bob", role="Clinician")
+
+
+@pytest.fixture
+def expert(db):
+    return UserFactory(username="erin", role="Expert")
+
+
+@pytest.fixture
+def second_expert(db):
+    """A second expert: approval needs an expert other than the proposer."""
+    return UserFactory(username="evan", role="Expert")
+
+
+@pytest.fixture
+def admin_user(db):
+    """An Admin-group superuser (replaces pytest-django's plain superuser of that name)."""
+    return UserFactory(username="root", role="Admin")
 
 
 @pytest.fixture

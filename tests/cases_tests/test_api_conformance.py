@@ -28,16 +28,6 @@ def token_client(user) -> APIClient:
     return client
 
 
-@pytest.fixture
-def expert():
-    return UserFactory(role="Expert")
-
-
-@pytest.fixture
-def clinician():
-    return UserFactory(role="Clinician")
-
-
 def schema_operations() -> dict[tuple[str, str], dict]:
     schema = SchemaGenerator().get_schema(request=None, public=True)
     return {

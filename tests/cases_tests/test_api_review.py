@@ -11,7 +11,6 @@ from tests.factories import (
     ExpertLabelFactory,
     ReferenceCaseFactory,
     StudyFactory,
-    UserFactory,
     diagnosis,
 )
 
@@ -22,21 +21,6 @@ def client_for(user) -> APIClient:
     client = APIClient()
     client.force_authenticate(user)
     return client
-
-
-@pytest.fixture
-def expert():
-    return UserFactory(role="Expert")
-
-
-@pytest.fixture
-def second_expert():
-    return UserFactory(role="Expert")
-
-
-@pytest.fixture
-def clinician():
-    return UserFactory(role="Clinician")
 
 
 def test_diagnoses_lists_the_taxonomy(clinician):

@@ -28,11 +28,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def clinician():
-    return UserFactory(role="Clinician")
-
-
-@pytest.fixture
 def api(clinician) -> APIClient:
     client = APIClient()
     client.force_authenticate(clinician)

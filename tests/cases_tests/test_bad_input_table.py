@@ -42,7 +42,7 @@ from tests.dicomgen import (
     rle_bomb_bytes,
     zip_write,
 )
-from tests.factories import SeriesFactory, StudyFactory, UserFactory
+from tests.factories import SeriesFactory, StudyFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -471,11 +471,6 @@ def upload_files(kind: Kind) -> list[SimpleUploadedFile]:
     if isinstance(built, bytes):
         built = [("good.dcm", dataset_bytes(slice_ds(z=0.0))), ("bad.dcm", built)]
     return [SimpleUploadedFile(name, data) for name, data in built]
-
-
-@pytest.fixture
-def clinician():
-    return UserFactory(role="Clinician")
 
 
 def test_the_table_holds_at_least_75_distinct_kinds():

@@ -77,15 +77,13 @@ def _owned(user, *, tag: str) -> dict:
 
 
 @pytest.fixture
-def world():
-    alice = UserFactory(username="alice", role="Clinician")
-    bob = UserFactory(username="bob", role="Clinician")
+def world(clinician, other_clinician):
     return {
-        "alice": alice,
-        "bob": bob,
+        "alice": clinician,
+        "bob": other_clinician,
         "norole": UserFactory(username="norole"),
-        "own": _owned(alice, tag="ALICE-SECRET"),
-        "other": _owned(bob, tag="BOB-SECRET"),
+        "own": _owned(clinician, tag="ALICE-SECRET"),
+        "other": _owned(other_clinician, tag="BOB-SECRET"),
     }
 
 

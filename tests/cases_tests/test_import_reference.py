@@ -86,24 +86,21 @@ def library(tmp_path) -> dict:
     return {"dir": data, "manifest": manifest, "grey": grey, "hu": hu, "volume": volume}
 
 
-@pytest.fixture
-def admin():
-    return UserFactory(username="boss", role="Admin")
-
-
-def test_import_creates_patients_studies_slices_labels_and_approved_reference_cases(library, admin):
-    report = reference_manifest_import(manifest=library["manifest"], admin=admin)
+def test_import_creates_patients_studies_slices_labels_and_approved_reference_cases(
+    library, admin_user
+):
+    report = reference_manifest_import(manifest=library["manifest"], admin=admin_user)
     assert report.summary() == "4 created, 0 existing, 0 rejected"
     assert Study.objects.count() == 4
     for study in Study.objects.all():
         assert study.status == Study.Status.REVIEWED
         assert study.source == Study.Source.REFERENCE_IMPORT
-        assert study.uploaded_by == admin
+        assert study.uploaded_by == admin_user
         label = ExpertLabel.objects.get(study=study)
-        assert label.expert == admin and label.comment == IMPORT_COMMENT
+        assert label.expert == admin_user and label.comment == IMPORT_COMMENT
         ref = ReferenceCase.objects.get(study=study)
         assert ref.state == ReferenceCase.State.APPROVED
-        assert ref.proposed_by == admin and ref.approved_by == admin
+        assert ref.proposed_by == admin_user and ref.approved_by == admin_user
         assert ref.decided_at is not None and ref.diagnosis == label.diagnosis
     # Pseudonyms are the salted hash of the manifest's patient_id, as in DICOM ingestion.
     for pid in ("P1", "P2", "P3", "P4"):
@@ -115,8 +112,8 @@ def test_import_creates_patients_studies_slices_labels_and_approved_reference_ca
     assert normal.diagnosis.code == "normal"
 
 
-def test_images_are_stored_as_windowed_uint8_or_int16_hounsfield_units(library, admin):
-    reference_manifest_import(manifest=library["manifest"], admin=admin)
+def test_images_are_stored_as_windowed_uint8_or_int16_hounsfield_units(library, admin_user):
+    reference_manifest_import(manifest=library["manifest"], admin=admin_user)
 
     def only_slice(pid):
         return Slice.objects.get(
@@ -139,8 +136,8 @@ def test_images_are_stored_as_windowed_uint8_or_int16_hounsfield_units(library, 
     assert (series.rows, series.columns, series.slice_count) == (64, 64, 1)
 
 
-def test_dicom_series_folder_is_imported_through_ingestion_with_its_slices(library, admin):
-    reference_manifest_import(manifest=library["manifest"], admin=admin)
+def test_dicom_series_folder_is_imported_through_ingestion_with_its_slices(library, admin_user):
+    reference_manifest_import(manifest=library["manifest"], admin=admin_user)
     source_uid = deterministic_uid("test-lib", "study")
     study = Study.objects.get(study_instance_uid=uid_pseudonym(uid=source_uid))
     series = study.series.get()
@@ -152,12 +149,12 @@ def test_dicom_series_folder_is_imported_through_ingestion_with_its_slices(libra
     assert study.reference_cases.get().diagnosis.name == "Reticulation/honeycombing"
 
 
-def test_reimport_creates_nothing_new(library, admin):
-    reference_manifest_import(manifest=library["manifest"], admin=admin)
+def test_reimport_creates_nothing_new(library, admin_user):
+    reference_manifest_import(manifest=library["manifest"], admin=admin_user)
     counts = [m.objects.count() for m in (Patient, Study, Series, Slice, ExpertLabel)]
     refs = ReferenceCase.objects.count()
     files = _media_files()
-    report = reference_manifest_import(manifest=library["manifest"], admin=admin)
+    report = reference_manifest_import(manifest=library["manifest"], admin=admin_user)
     assert report.summary() == "0 created, 4 existing, 0 rejected"
     assert [m.objects.count() for m in (Patient, Study, Series, Slice, ExpertLabel)] == counts
     assert ReferenceCase.objects.count() == refs
@@ -165,7 +162,7 @@ def test_reimport_creates_nothing_new(library, admin):
 
 
 def test_bad_rows_are_rejected_with_reasons_and_leave_nothing_while_good_rows_import(
-    tmp_path, admin
+    tmp_path, admin_user
 ):
     data = tmp_path / "bad"
     (data / "notdicom").mkdir(parents=True)
@@ -191,7 +188,7 @@ def test_bad_rows_are_rejected_with_reasons_and_leave_nothing_while_good_rows_im
             ("full.png", "Brand-new label", "Q9", "validation"),
         ],
     )
-    report = reference_manifest_import(manifest=manifest, admin=admin)
+    report = reference_manifest_import(manifest=manifest, admin=admin_user)
     assert report.summary() == "1 created, 0 existing, 8 rejected"
     reasons = {o.row.line: o.reason for o in report.rejected}
     assert "missing file or folder" in reasons[3]
@@ -209,7 +206,7 @@ def test_bad_rows_are_rejected_with_reasons_and_leave_nothing_while_good_rows_im
     assert len(_media_files()) == 1
 
 
-def test_a_rejected_dicom_folder_leaves_no_rows_and_no_media(tmp_path, admin):
+def test_a_rejected_dicom_folder_leaves_no_rows_and_no_media(tmp_path, admin_user):
     folder = tmp_path / "series"
     written = write_ct_series(
         volume_hu=np.stack([chest_phantom(size=32, seed=k)[0] for k in range(3)]),
@@ -222,7 +219,7 @@ def test_a_rejected_dicom_folder_leaves_no_rows_and_no_media(tmp_path, admin):
     outcome = reference_row_import(
         row=ManifestRow(line=2, path=str(folder), label="Normal", patient_id="R1"),
         base_dir=tmp_path,
-        admin=admin,
+        admin=admin_user,
     )
     assert outcome.status == "rejected"
     assert "IM0002.dcm" in outcome.reason
@@ -230,12 +227,12 @@ def test_a_rejected_dicom_folder_leaves_no_rows_and_no_media(tmp_path, admin):
     assert _media_files() == []
 
 
-def test_same_image_with_a_different_label_is_rejected_not_relabelled(tmp_path, admin):
+def test_same_image_with_a_different_label_is_rejected_not_relabelled(tmp_path, admin_user):
     Image.fromarray(np.full((16, 16), 9, np.uint8)).save(tmp_path / "x.png")
     first = _manifest(tmp_path, [("x.png", "Normal", "S1", "")])
-    reference_manifest_import(manifest=first, admin=admin)
+    reference_manifest_import(manifest=first, admin=admin_user)
     second = _manifest(tmp_path, [("x.png", "Other", "S1", "")])
-    report = reference_manifest_import(manifest=second, admin=admin)
+    report = reference_manifest_import(manifest=second, admin=admin_user)
     assert report.summary() == "0 created, 0 existing, 1 rejected"
     assert (
         "already in the reference library (approved) labelled 'Normal'" in report.rejected[0].reason
@@ -244,29 +241,33 @@ def test_same_image_with_a_different_label_is_rejected_not_relabelled(tmp_path, 
     assert ExpertLabel.objects.count() == 1
 
 
-def test_absolute_paths_in_the_manifest_are_accepted(tmp_path, admin):
+def test_absolute_paths_in_the_manifest_are_accepted(tmp_path, admin_user):
     image = tmp_path / "elsewhere" / "y.png"
     image.parent.mkdir()
     Image.fromarray(np.full((16, 16), 3, np.uint8)).save(image)
     sub = tmp_path / "m"
     sub.mkdir()
     manifest = _manifest(sub, [(str(image), "Normal", "T1", "test")])
-    assert reference_manifest_import(manifest=manifest, admin=admin).created == 1
+    assert reference_manifest_import(manifest=manifest, admin=admin_user).created == 1
 
 
-def test_command_reports_counts_rejects_and_exits_non_zero_on_rejects(library, admin, capsys):
-    call_command("import_reference", str(library["manifest"]), admin="boss", verbosity=0)
+def test_command_reports_counts_rejects_and_exits_non_zero_on_rejects(library, admin_user, capsys):
+    call_command(
+        "import_reference", str(library["manifest"]), admin=admin_user.username, verbosity=0
+    )
     assert "4 created, 0 existing, 0 rejected" in capsys.readouterr().out
     with open(library["manifest"], "a", newline="") as fh:
         csv.writer(fh).writerow(["nothing-here.png", "Normal", "P9", "train"])
     with pytest.raises(CommandError, match="1 row"):
-        call_command("import_reference", str(library["manifest"]), admin="boss", verbosity=0)
+        call_command(
+            "import_reference", str(library["manifest"]), admin=admin_user.username, verbosity=0
+        )
     captured = capsys.readouterr()
     assert "0 created, 4 existing, 1 rejected" in captured.out
     assert "line 6 (nothing-here.png): missing file or folder" in captured.err
 
 
-def test_command_refuses_a_missing_manifest_or_header_or_unknown_admin(tmp_path, admin):
+def test_command_refuses_a_missing_manifest_or_header_or_unknown_admin(tmp_path, admin_user):
     with pytest.raises(CommandError, match="no such manifest"):
         call_command("import_reference", str(tmp_path / "none.csv"), verbosity=0)
     bad = tmp_path / "bad.csv"
@@ -291,7 +292,7 @@ def test_importing_user_defaults_to_first_superuser_else_an_inactive_service_acc
 
 
 @pytest.mark.slow
-def test_real_covid_ct_subset_imports_as_windowed_reference_images(covid_ct, tmp_path, admin):
+def test_real_covid_ct_subset_imports_as_windowed_reference_images(covid_ct, tmp_path, admin_user):
     with open(covid_ct / "manifest.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))[:20]
     manifest = _manifest(
@@ -306,7 +307,7 @@ def test_real_covid_ct_subset_imports_as_windowed_reference_images(covid_ct, tmp
             for r in rows
         ],
     )
-    report = reference_manifest_import(manifest=manifest, admin=admin)
+    report = reference_manifest_import(manifest=manifest, admin=admin_user)
     assert report.summary() == "20 created, 0 existing, 0 rejected"
     assert Slice.objects.filter(is_windowed=True).count() == 20
     labels = set(ReferenceCase.objects.values_list("diagnosis__name", flat=True))
@@ -314,5 +315,5 @@ def test_real_covid_ct_subset_imports_as_windowed_reference_images(covid_ct, tmp
     assert Patient.objects.count() == len({r["patient_id"] for r in rows})
     pixels = _load(Slice.objects.first())
     assert pixels.dtype == np.uint8 and pixels.ndim == 2 and pixels.std() > 10
-    again = reference_manifest_import(manifest=manifest, admin=admin)
+    again = reference_manifest_import(manifest=manifest, admin=admin_user)
     assert again.summary() == "0 created, 20 existing, 0 rejected"

@@ -13,7 +13,6 @@ from django.core.management.base import CommandError
 from cases.models import Series, Slice, Study
 from cases.services.ingestion import uid_pseudonym
 from tests.dicomgen import ct_series_write
-from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -24,27 +23,22 @@ def run(*args) -> str:
     return out.getvalue()
 
 
-@pytest.fixture
-def admin():
-    return UserFactory(username="importer", role="Admin")
-
-
-def test_command_prints_created_then_found_study(admin, tmp_path):
+def test_command_prints_created_then_found_study(admin_user, tmp_path):
     gen = ct_series_write(folder=tmp_path / "s", slices=3)
-    out = run(tmp_path / "s", "--uploader", "importer")
+    out = run(tmp_path / "s", "--uploader", admin_user.username)
     study = Study.objects.get()
     uid = uid_pseudonym(uid=gen.study_uid)  # the stored UID, never the source one
     assert out.strip() == f"created study {study.pk} ({uid}): 1 series, 3 slices"
-    out = run(tmp_path / "s", "--uploader", "importer")
+    out = run(tmp_path / "s", "--uploader", admin_user.username)
     assert out.strip() == f"found study {study.pk} ({uid}): 1 series, 3 slices"
     assert Slice.objects.count() == 3
 
 
-def test_command_refuses_bad_file_with_its_name_and_saves_nothing(admin, tmp_path):
+def test_command_refuses_bad_file_with_its_name_and_saves_nothing(admin_user, tmp_path):
     ct_series_write(folder=tmp_path / "s", slices=2)
     (tmp_path / "s" / "junk.bin").write_bytes(b"\x01\x02garbage" * 50)
     with pytest.raises(CommandError, match=r"junk\.bin: not a DICOM file"):
-        run(tmp_path / "s", "--uploader", "importer")
+        run(tmp_path / "s", "--uploader", admin_user.username)
     assert Study.objects.count() == 0
 
 
@@ -54,8 +48,8 @@ def test_command_refuses_unknown_uploader(tmp_path):
         run(tmp_path / "s", "--uploader", "ghost")
 
 
-def test_command_imports_real_lung_pet_ct_dx_studies(admin, lung_pet_ct_dx):
-    out = run(lung_pet_ct_dx / "A0001", lung_pet_ct_dx / "A0002", "--uploader", "importer")
+def test_command_imports_real_lung_pet_ct_dx_studies(admin_user, lung_pet_ct_dx):
+    out = run(lung_pet_ct_dx / "A0001", lung_pet_ct_dx / "A0002", "--uploader", admin_user.username)
     lines = out.strip().splitlines()
     assert len(lines) == 2 and all(re.match(r"created study \d+ ", line) for line in lines)
     assert Study.objects.count() == 2  # one per patient

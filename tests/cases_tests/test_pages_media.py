@@ -16,16 +16,6 @@ from tests.factories import ReferenceCaseFactory, SliceFactory, UserFactory
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def alice():
-    return UserFactory(username="alice", role="Clinician")
-
-
-@pytest.fixture
-def bob():
-    return UserFactory(username="bob", role="Clinician")
-
-
 def body(response) -> bytes:
     return b"".join(response.streaming_content)
 
@@ -71,23 +61,25 @@ def similar_case(*, query_owner, reference_state=ReferenceCase.State.APPROVED) -
     return case
 
 
-def test_clinician_downloads_own_slice_but_gets_404_for_another_clinicians(client, alice, bob):
-    own = SliceFactory(series__study__uploaded_by=alice)
-    other = SliceFactory(series__study__uploaded_by=bob)
-    client.force_login(alice)
+def test_clinician_downloads_own_slice_but_gets_404_for_another_clinicians(
+    client, clinician, other_clinician
+):
+    own = SliceFactory(series__study__uploaded_by=clinician)
+    other = SliceFactory(series__study__uploaded_by=other_clinician)
+    client.force_login(clinician)
 
     response = client.get(npy_url(own))
     assert response.status_code == 200 and body(response).startswith(b"\x93NUMPY")
     assert client.get(npy_url(other)).status_code == 404
 
 
-def test_dicom_copy_follows_its_study(client, alice, bob):
-    slice_ = with_dicom_copy(SliceFactory(series__study__uploaded_by=bob), b"DICM bob")
+def test_dicom_copy_follows_its_study(client, clinician, other_clinician):
+    slice_ = with_dicom_copy(SliceFactory(series__study__uploaded_by=other_clinician), b"DICM bob")
 
-    client.force_login(alice)
+    client.force_login(clinician)
     assert client.get(dcm_url(slice_)).status_code == 404
 
-    client.force_login(bob)
+    client.force_login(other_clinician)
     response = client.get(dcm_url(slice_))
     assert response.status_code == 200 and body(response) == b"DICM bob"
     assert response["Content-Type"] == "application/dicom"
@@ -96,20 +88,20 @@ def test_dicom_copy_follows_its_study(client, alice, bob):
     assert client.get(dcm_url(slice_)).status_code == 200
 
 
-def test_a_slice_without_dicom_copy_answers_404(client, alice):
-    slice_ = SliceFactory(series__study__uploaded_by=alice)  # e.g. an imported PNG reference
-    client.force_login(alice)
+def test_a_slice_without_dicom_copy_answers_404(client, clinician):
+    slice_ = SliceFactory(series__study__uploaded_by=clinician)  # e.g. an imported PNG reference
+    client.force_login(clinician)
     assert client.get(dcm_url(slice_)).status_code == 404
 
 
-def test_result_overlays_follow_the_study_they_answer(client, alice, bob):
-    case = similar_case(query_owner=bob)
+def test_result_overlays_follow_the_study_they_answer(client, clinician, other_clinician):
+    case = similar_case(query_owner=other_clinician)
 
-    client.force_login(alice)
+    client.force_login(clinician)
     assert client.get(cam_url(case, "query")).status_code == 404
     assert client.get(cam_url(case, "reference")).status_code == 404
 
-    client.force_login(bob)
+    client.force_login(other_clinician)
     query = client.get(cam_url(case, "query"))
     assert query.status_code == 200 and body(query) == b"\x89PNG query"
     assert query["Content-Type"] == "image/png"
@@ -119,50 +111,54 @@ def test_result_overlays_follow_the_study_they_answer(client, alice, bob):
     assert client.get(cam_url(case, "query")).status_code == 200
 
 
-def test_reference_overlay_of_a_retired_reference_case_is_hidden_from_clinicians(client, bob):
-    case = similar_case(query_owner=bob, reference_state=ReferenceCase.State.RETIRED)
-    client.force_login(bob)
+def test_reference_overlay_of_a_retired_reference_case_is_hidden_from_clinicians(
+    client, other_clinician
+):
+    case = similar_case(query_owner=other_clinician, reference_state=ReferenceCase.State.RETIRED)
+    client.force_login(other_clinician)
     assert client.get(cam_url(case, "query")).status_code == 200
     assert client.get(cam_url(case, "reference")).status_code == 404
 
 
-def test_an_unknown_overlay_side_answers_404(client, bob):
-    case = similar_case(query_owner=bob)
-    client.force_login(bob)
+def test_an_unknown_overlay_side_answers_404(client, other_clinician):
+    case = similar_case(query_owner=other_clinician)
+    client.force_login(other_clinician)
     assert client.get(f"/api/files/similar-cases/{case.pk}/both.png").status_code == 404
 
 
-def test_clinician_may_download_slices_of_an_approved_reference_case(client, alice, bob):
-    slice_ = SliceFactory(series__study__uploaded_by=bob)
+def test_clinician_may_download_slices_of_an_approved_reference_case(
+    client, clinician, other_clinician
+):
+    slice_ = SliceFactory(series__study__uploaded_by=other_clinician)
     ReferenceCaseFactory(study=slice_.series.study, state=ReferenceCase.State.APPROVED)
-    client.force_login(alice)
+    client.force_login(clinician)
     assert client.get(npy_url(slice_)).status_code == 200
 
 
-def test_a_file_lost_by_the_storage_answers_404(client, alice):
-    slice_ = SliceFactory(series__study__uploaded_by=alice)
+def test_a_file_lost_by_the_storage_answers_404(client, clinician):
+    slice_ = SliceFactory(series__study__uploaded_by=clinician)
     default_storage.delete(slice_.pixels.name)
-    client.force_login(alice)
+    client.force_login(clinician)
     assert client.get(npy_url(slice_)).status_code == 404
 
 
-def test_token_clients_get_files_too(client, alice):
+def test_token_clients_get_files_too(client, clinician):
     from rest_framework.authtoken.models import Token
 
-    slice_ = SliceFactory(series__study__uploaded_by=alice)
-    token = Token.objects.create(user=alice)
+    slice_ = SliceFactory(series__study__uploaded_by=clinician)
+    token = Token.objects.create(user=clinician)
     response = client.get(npy_url(slice_), HTTP_AUTHORIZATION=f"Token {token.key}")
     assert response.status_code == 200 and body(response).startswith(b"\x93NUMPY")
 
 
-def test_the_old_media_prefix_serves_nothing(client, alice, bob):
-    own = SliceFactory(series__study__uploaded_by=alice)
+def test_the_old_media_prefix_serves_nothing(client, clinician, other_clinician):
+    own = SliceFactory(series__study__uploaded_by=clinician)
     client.force_login(UserFactory(role="Admin"))
     assert client.get(f"/media/{own.pixels.name}").status_code == 404
 
 
-def test_admin_pages_link_files_by_id_not_by_storage_key(client, bob):
-    case = similar_case(query_owner=bob)
+def test_admin_pages_link_files_by_id_not_by_storage_key(client, other_clinician):
+    case = similar_case(query_owner=other_clinician)
     slice_ = with_dicom_copy(case.query_slice)
     client.force_login(UserFactory(role="Admin"))
 

@@ -20,13 +20,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def alice():
-    return UserFactory(username="alice", role="Clinician")
-
-
-@pytest.fixture
-def alice_client(client, alice):
-    client.force_login(alice)
+def clinician_client(client, clinician):
+    client.force_login(clinician)
     return client
 
 
@@ -46,8 +41,8 @@ def page_messages(response) -> list[str]:
     return [str(m) for m in response.context["messages"]]
 
 
-def test_upload_page_has_a_multipart_form_with_multiple_file_input(alice_client):
-    response = alice_client.get(reverse("cases:upload"))
+def test_upload_page_has_a_multipart_form_with_multiple_file_input(clinician_client):
+    response = clinician_client.get(reverse("cases:upload"))
     html = response.content.decode()
     assert response.status_code == 200
     assert 'enctype="multipart/form-data"' in html
@@ -57,25 +52,25 @@ def test_upload_page_has_a_multipart_form_with_multiple_file_input(alice_client)
 
 
 def test_upload_of_several_dicom_files_creates_the_study_and_opens_it(
-    alice_client, alice, tmp_path
+    clinician_client, clinician, tmp_path
 ):
     series = ct_series_write(folder=tmp_path / "s", slices=3, size=32, suffix="")
 
-    response = alice_client.post(
+    response = clinician_client.post(
         reverse("cases:upload"), {"files": uploads(series.paths)}, follow=True
     )
 
     study = Study.objects.get()
     assert response.redirect_chain == [(reverse("cases:study_detail", args=[study.pk]), 302)]
     assert response.status_code == 200
-    assert study.uploaded_by == alice
+    assert study.uploaded_by == clinician
     assert study.study_instance_uid == uid_pseudonym(uid=series.study_uid)
     assert Slice.objects.filter(series__study=study).count() == 3
     assert any(m.startswith("Imported study") for m in page_messages(response))
     assert response.context["slice_ids"]  # the viewer shows the new slices
 
 
-def test_upload_of_a_zip_with_two_studies_goes_to_the_worklist(alice_client, tmp_path):
+def test_upload_of_a_zip_with_two_studies_goes_to_the_worklist(clinician_client, tmp_path):
     first = ct_series_write(folder=tmp_path / "a", slices=2, size=32)
     second = ct_series_write(folder=tmp_path / "b", slices=2, size=32, seed=1)
     archive = zip_write(
@@ -84,7 +79,7 @@ def test_upload_of_a_zip_with_two_studies_goes_to_the_worklist(alice_client, tmp
         | {f"dicom/{p.parent.name}/{p.name}": p.read_bytes() for p in second.paths},
     )
 
-    response = alice_client.post(reverse("cases:upload"), {"files": uploads([archive])})
+    response = clinician_client.post(reverse("cases:upload"), {"files": uploads([archive])})
 
     assert response.status_code == 302 and response["Location"] == reverse("cases:worklist")
     assert set(Study.objects.values_list("study_instance_uid", flat=True)) == {
@@ -93,12 +88,12 @@ def test_upload_of_a_zip_with_two_studies_goes_to_the_worklist(alice_client, tmp
     }
 
 
-def test_uploading_the_same_files_again_creates_nothing_and_says_so(alice_client, tmp_path):
+def test_uploading_the_same_files_again_creates_nothing_and_says_so(clinician_client, tmp_path):
     series = ct_series_write(folder=tmp_path / "s", slices=2, size=32)
-    alice_client.post(reverse("cases:upload"), {"files": uploads(series.paths)})
+    clinician_client.post(reverse("cases:upload"), {"files": uploads(series.paths)})
     counts = (Study.objects.count(), Series.objects.count(), Slice.objects.count())
 
-    response = alice_client.post(
+    response = clinician_client.post(
         reverse("cases:upload"), {"files": uploads(series.paths)}, follow=True
     )
 
@@ -107,12 +102,12 @@ def test_uploading_the_same_files_again_creates_nothing_and_says_so(alice_client
 
 
 def test_non_dicom_file_is_refused_with_400_naming_the_file_and_nothing_saved(
-    alice_client, tmp_path
+    clinician_client, tmp_path
 ):
     series = ct_series_write(folder=tmp_path / "s", slices=2, size=32)
     notes = SimpleUploadedFile("notes.txt", b"these are not DICOM pixels")
 
-    response = alice_client.post(
+    response = clinician_client.post(
         reverse("cases:upload"), {"files": [*uploads(series.paths), notes]}
     )
 
@@ -124,8 +119,8 @@ def test_non_dicom_file_is_refused_with_400_naming_the_file_and_nothing_saved(
     assert media_files() == []
 
 
-def test_post_without_files_is_a_400_with_the_reason(alice_client):
-    response = alice_client.post(reverse("cases:upload"), {})
+def test_post_without_files_is_a_400_with_the_reason(clinician_client):
+    response = clinician_client.post(reverse("cases:upload"), {})
     assert response.status_code == 400
     assert "Choose at least one DICOM file" in response.content.decode()
 
@@ -138,16 +133,16 @@ def test_user_without_upload_permission_is_refused(client, tmp_path):
     assert not Study.objects.exists()
 
 
-def test_upload_without_csrf_token_is_refused(alice, tmp_path):
+def test_upload_without_csrf_token_is_refused(clinician, tmp_path):
     client = Client(enforce_csrf_checks=True)
-    client.force_login(alice)
+    client.force_login(clinician)
     series = ct_series_write(folder=tmp_path / "s", slices=1, size=32)
     response = client.post(reverse("cases:upload"), {"files": uploads(series.paths)})
     assert response.status_code == 403
     assert not Study.objects.exists()
 
 
-def test_upload_page_tells_its_script_the_file_count_limit(alice_client, settings):
+def test_upload_page_tells_its_script_the_file_count_limit(clinician_client, settings):
     settings.DATA_UPLOAD_MAX_NUMBER_FILES = 7
-    response = alice_client.get(reverse("cases:upload"))
+    response = clinician_client.get(reverse("cases:upload"))
     assert 'data-max-files="7"' in response.content.decode()

@@ -12,24 +12,19 @@ from tests.factories import ExpertLabelFactory, StudyFactory, UserFactory, diagn
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def alice():
-    return UserFactory(username="alice", role="Clinician")
-
-
 def rows(response) -> list[Study]:
     return list(response.context["page_obj"].object_list)
 
 
-def test_worklist_shows_status_progress_uploader_and_current_diagnosis(client, alice):
+def test_worklist_shows_status_progress_uploader_and_current_diagnosis(client, clinician):
     study = StudyFactory(
-        uploaded_by=alice,
+        uploaded_by=clinician,
         status=Study.Status.PROCESSING,
         progress_stage="embedding",
         progress_percent=42,
     )
     ExpertLabelFactory(study=study, diagnosis=diagnosis("DM/RP-ILD (anti-MDA5)"))
-    client.force_login(alice)
+    client.force_login(clinician)
 
     response = client.get(reverse("cases:worklist"))
 
@@ -42,10 +37,10 @@ def test_worklist_shows_status_progress_uploader_and_current_diagnosis(client, a
     assert reverse("cases:study_detail", args=[study.pk]) in html
 
 
-def test_clinician_worklist_lists_own_studies_only(client, alice):
-    own = StudyFactory(uploaded_by=alice)
+def test_clinician_worklist_lists_own_studies_only(client, clinician):
+    own = StudyFactory(uploaded_by=clinician)
     other = StudyFactory(uploaded_by=UserFactory(role="Clinician"))
-    client.force_login(alice)
+    client.force_login(clinician)
 
     html = client.get(reverse("cases:worklist")).content.decode()
 
@@ -74,11 +69,11 @@ def test_worklist_filters_by_status_diagnosis_and_search(client):
     assert set(rows(client.get(url, {"status": "nonsense"}))) == {ready, reviewed}
 
 
-def test_worklist_paginates_and_keeps_filters_in_page_links(client, alice, monkeypatch):
+def test_worklist_paginates_and_keeps_filters_in_page_links(client, clinician, monkeypatch):
     monkeypatch.setattr(pages, "WORKLIST_PAGE_SIZE", 2)
     for _ in range(3):
-        StudyFactory(uploaded_by=alice, status=Study.Status.UPLOADED)
-    client.force_login(alice)
+        StudyFactory(uploaded_by=clinician, status=Study.Status.UPLOADED)
+    client.force_login(clinician)
     url = reverse("cases:worklist")
 
     first = client.get(url, {"status": "uploaded"})
@@ -89,8 +84,8 @@ def test_worklist_paginates_and_keeps_filters_in_page_links(client, alice, monke
     assert "Page 2 of 2" in second.content.decode()
 
 
-def test_nav_shows_upload_and_library_links(client, alice):
-    client.force_login(alice)
+def test_nav_shows_upload_and_library_links(client, clinician):
+    client.force_login(clinician)
     html = client.get(reverse("cases:worklist")).content.decode()
     assert f'href="{reverse("cases:upload")}"' in html
     assert f'href="{reverse("cases:library")}"' in html

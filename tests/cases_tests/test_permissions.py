@@ -20,28 +20,8 @@ from tests.factories import (
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def alice():
-    return UserFactory(username="alice", role="Clinician")
-
-
-@pytest.fixture
-def bob():
-    return UserFactory(username="bob", role="Clinician")
-
-
-@pytest.fixture
-def expert():
-    return UserFactory(username="eve", role="Expert")
-
-
-@pytest.fixture
-def admin_user():
-    return UserFactory(username="root", role="Admin")
-
-
-def test_user_role_names_each_group_and_none_for_others(alice, expert, admin_user):
-    assert selectors.user_role(user=alice) == "clinician"
+def test_user_role_names_each_group_and_none_for_others(clinician, expert, admin_user):
+    assert selectors.user_role(user=clinician) == "clinician"
     assert selectors.user_role(user=expert) == "expert"
     assert selectors.user_role(user=admin_user) == "admin"
     assert selectors.user_role(user=UserFactory()) is None
@@ -60,23 +40,23 @@ def test_inactive_expert_has_no_role():
     assert permissions.user_role(user) is None
 
 
-def test_clinicians_and_experts_may_upload_but_users_without_role_may_not(alice, expert):
-    assert permissions.can_upload(alice)
+def test_clinicians_and_experts_may_upload_but_users_without_role_may_not(clinician, expert):
+    assert permissions.can_upload(clinician)
     assert permissions.can_upload(expert)
     assert not permissions.can_upload(UserFactory())
     assert not permissions.can_upload(AnonymousUser())
 
 
-def test_clinician_sees_own_study_only(alice, bob):
-    own = StudyFactory(uploaded_by=alice)
-    other = StudyFactory(uploaded_by=bob)
-    assert permissions.can_view_study(alice, own)
-    assert not permissions.can_view_study(alice, other)
+def test_clinician_sees_own_study_only(clinician, other_clinician):
+    own = StudyFactory(uploaded_by=clinician)
+    other = StudyFactory(uploaded_by=other_clinician)
+    assert permissions.can_view_study(clinician, own)
+    assert not permissions.can_view_study(clinician, other)
     assert not permissions.can_view_study(AnonymousUser(), own)
 
 
-def test_experts_and_admins_see_every_study(alice, expert, admin_user):
-    study = StudyFactory(uploaded_by=alice)
+def test_experts_and_admins_see_every_study(clinician, expert, admin_user):
+    study = StudyFactory(uploaded_by=clinician)
     assert permissions.can_view_study(expert, study)
     assert permissions.can_view_study(admin_user, study)
 
@@ -91,19 +71,21 @@ def test_experts_and_admins_see_every_study(alice, expert, admin_user):
     ],
 )
 def test_clinician_sees_other_study_only_when_it_is_an_approved_reference(
-    alice, bob, state, visible
+    clinician, other_clinician, state, visible
 ):
-    study = StudyFactory(uploaded_by=bob)
+    study = StudyFactory(uploaded_by=other_clinician)
     ReferenceCaseFactory(study=study, state=state)
-    assert permissions.can_view_study(alice, study) is visible
+    assert permissions.can_view_study(clinician, study) is visible
 
 
-def test_study_list_visible_filters_to_own_studies_for_clinicians(alice, bob, expert):
-    own = StudyFactory(uploaded_by=alice)
-    other = StudyFactory(uploaded_by=bob)
+def test_study_list_visible_filters_to_own_studies_for_clinicians(
+    clinician, other_clinician, expert
+):
+    own = StudyFactory(uploaded_by=clinician)
+    other = StudyFactory(uploaded_by=other_clinician)
     # An approved reference of someone else is in the library, not in the worklist.
     ReferenceCaseFactory(study=other, state=ReferenceCase.State.APPROVED)
-    assert list(selectors.study_list_visible(user=alice)) == [own]
+    assert list(selectors.study_list_visible(user=clinician)) == [own]
     assert set(selectors.study_list_visible(user=expert)) == {own, other}
     assert not selectors.study_list_visible(user=AnonymousUser()).exists()
 
@@ -134,23 +116,23 @@ def test_study_list_visible_filters_by_current_diagnosis_not_an_older_one(expert
     assert annotated.get().current_diagnosis_name == "ASS-ILD"
 
 
-def test_study_get_visible_raises_404_for_other_clinicians_study(alice, bob):
-    other = StudyFactory(uploaded_by=bob)
+def test_study_get_visible_raises_404_for_other_clinicians_study(clinician, other_clinician):
+    other = StudyFactory(uploaded_by=other_clinician)
     with pytest.raises(Http404):
-        selectors.study_get_visible(user=alice, pk=other.pk)
+        selectors.study_get_visible(user=clinician, pk=other.pk)
     with pytest.raises(Http404):
-        selectors.study_get_visible(user=alice, pk=other.pk + 1000)
-    assert selectors.study_get_visible(user=bob, pk=other.pk) == other
+        selectors.study_get_visible(user=clinician, pk=other.pk + 1000)
+    assert selectors.study_get_visible(user=other_clinician, pk=other.pk) == other
 
 
-def test_slice_get_visible_follows_the_study_rule(alice, bob):
-    slice_ = SliceFactory(series__study__uploaded_by=bob)
+def test_slice_get_visible_follows_the_study_rule(clinician, other_clinician):
+    slice_ = SliceFactory(series__study__uploaded_by=other_clinician)
     with pytest.raises(Http404):
-        selectors.slice_get_visible(user=alice, pk=slice_.pk)
-    assert selectors.slice_get_visible(user=bob, pk=slice_.pk) == slice_
+        selectors.slice_get_visible(user=clinician, pk=slice_.pk)
+    assert selectors.slice_get_visible(user=other_clinician, pk=slice_.pk) == slice_
 
 
-def test_reference_library_lists_approved_cases_only(bob):
+def test_reference_library_lists_approved_cases_only(other_clinician):
     approved = ReferenceCaseFactory(state=ReferenceCase.State.APPROVED)
     ReferenceCaseFactory(state=ReferenceCase.State.PROPOSED)
     ReferenceCaseFactory(state=ReferenceCase.State.RETIRED)

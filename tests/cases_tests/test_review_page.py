@@ -34,7 +34,6 @@ from tests.factories import (
     SeriesFactory,
     SliceFactory,
     StudyFactory,
-    UserFactory,
     diagnosis,
 )
 
@@ -67,21 +66,6 @@ def index_env(settings, tmp_path):
     index_store.index_forget()
     yield
     index_store.index_forget()
-
-
-@pytest.fixture
-def alice():
-    return UserFactory(username="alice", role="Clinician")
-
-
-@pytest.fixture
-def bob():
-    return UserFactory(username="bob", role="Clinician")
-
-
-@pytest.fixture
-def expert():
-    return UserFactory(username="erin", role="Expert")
 
 
 @pytest.fixture
@@ -131,11 +115,11 @@ def library(version):
 
 
 @pytest.fixture
-def query_study(alice, version, library):
+def query_study(clinician, version, library):
     """A processed study of alice: three slices (the middle one matches best), embeddings,
     radiomics, and a stored result of the top STORED_K cases with CAM files."""
     normal, _ipf = library
-    study = StudyFactory(uploaded_by=alice, status=Study.Status.READY_FOR_REVIEW)
+    study = StudyFactory(uploaded_by=clinician, status=Study.Status.READY_FOR_REVIEW)
     series = SeriesFactory(study=study)
     slices = [SliceFactory(series=series, index=i) for i in range(3)]
     vectors = [unit(1.0, 0.3), unit(1.0, 0.0), unit(0.0, 0.0, 1.0)]
@@ -189,9 +173,9 @@ def review(client, study, **params):
 
 
 def test_review_page_lists_the_stored_similar_cases_with_diagnosis_score_and_cam_urls(
-    client, alice, query_study, library
+    client, clinician, query_study, library
 ):
-    client.force_login(alice)
+    client.force_login(clinician)
     response = review(client, query_study)
     assert response.status_code == 200
     hits = response.context["hits"]
@@ -211,9 +195,9 @@ def test_review_page_lists_the_stored_similar_cases_with_diagnosis_score_and_cam
     assert "0.980" in html  # rank 1's similarity
 
 
-def test_review_page_shows_the_suggested_diagnosis_and_vote_bars(client, alice, query_study):
+def test_review_page_shows_the_suggested_diagnosis_and_vote_bars(client, clinician, query_study):
     StudyResult.objects.filter(study=query_study).update(votes={"normal": 0.75, "ipf-ild": 0.25})
-    client.force_login(alice)
+    client.force_login(clinician)
     response = review(client, query_study)
     bars = response.context["results"].votes
     assert [(b.name, b.percent) for b in bars] == [("Normal", 75.0), ("IPF-ILD", 25.0)]
@@ -222,8 +206,8 @@ def test_review_page_shows_the_suggested_diagnosis_and_vote_bars(client, alice, 
     assert 'data-width="75.0"' in html and 'data-width="25.0"' in html
 
 
-def test_viewer_opens_at_the_key_slice(client, alice, query_study):
-    client.force_login(alice)
+def test_viewer_opens_at_the_key_slice(client, clinician, query_study):
+    client.force_login(clinician)
     response = review(client, query_study)
     config = response.context["viewer_config"]
     key = StudyResult.objects.get(study=query_study).key_slice_id
@@ -233,10 +217,10 @@ def test_viewer_opens_at_the_key_slice(client, alice, query_study):
 
 
 def test_diagnosis_filter_returns_k_cases_of_that_diagnosis_when_enough_exist(
-    client, alice, query_study, library
+    client, clinician, query_study, library
 ):
     _, ipf = library
-    client.force_login(alice)
+    client.force_login(clinician)
     response = review(client, query_study, diagnosis="ipf-ild", k=N_IPF)
     results = response.context["results"]
     assert results.live
@@ -248,17 +232,17 @@ def test_diagnosis_filter_returns_k_cases_of_that_diagnosis_when_enough_exist(
 
 
 def test_diagnosis_filter_says_when_the_library_has_fewer_than_k(
-    client, alice, query_study, library
+    client, clinician, query_study, library
 ):
-    client.force_login(alice)
+    client.force_login(clinician)
     response = review(client, query_study, diagnosis="ipf-ild", k=8)
     results = response.context["results"]
     assert len(results.hits) == N_IPF and results.library_count == N_IPF
     assert "the library has 3 approved IPF-ILD cases" in response.content.decode()
 
 
-def test_a_larger_k_than_stored_queries_the_index_again(client, alice, query_study):
-    client.force_login(alice)
+def test_a_larger_k_than_stored_queries_the_index_again(client, clinician, query_study):
+    client.force_login(clinician)
     response = review(client, query_study, k=8)
     results = response.context["results"]
     assert results.live and len(results.hits) == N_NORMAL + N_IPF
@@ -270,27 +254,27 @@ def test_a_larger_k_than_stored_queries_the_index_again(client, alice, query_stu
 
 
 def test_a_case_approved_after_processing_is_found_by_a_live_query(
-    client, alice, query_study, version
+    client, clinician, query_study, version
 ):
     new = _reference(version=version, name="DM/RP-ILD (anti-MDA5)", vector=unit(1.0), n=99)
-    client.force_login(alice)
+    client.force_login(clinician)
     response = review(client, query_study, diagnosis="dm-rp-ild", k=4)
     assert [h.reference_case.pk for h in response.context["hits"]] == [new.pk]
 
 
-def test_retired_cases_disappear_from_live_queries(client, alice, query_study, library):
+def test_retired_cases_disappear_from_live_queries(client, clinician, query_study, library):
     _, ipf = library
     ReferenceCase.objects.filter(pk=ipf[0].pk).update(state=ReferenceCase.State.RETIRED)
     ReferenceEmbedding.objects.filter(reference_case=ipf[0]).delete()
-    client.force_login(alice)
+    client.force_login(clinician)
     response = review(client, query_study, diagnosis="ipf-ild", k=4)
     assert {h.reference_case.pk for h in response.context["hits"]} == {rc.pk for rc in ipf[1:]}
 
 
 def test_radiomics_table_puts_query_and_result_values_side_by_side(
-    client, alice, query_study, library
+    client, clinician, query_study, library
 ):
-    client.force_login(alice)
+    client.force_login(clinician)
     response = review(client, query_study, sel=2)
     selected = response.context["selected"]
     assert selected.rank == 2
@@ -308,8 +292,8 @@ def test_radiomics_table_puts_query_and_result_values_side_by_side(
     assert "-701" in html and "101" in html
 
 
-def test_stored_cam_overlays_are_served_for_the_result_pairs(client, alice, query_study):
-    client.force_login(alice)
+def test_stored_cam_overlays_are_served_for_the_result_pairs(client, clinician, query_study):
+    client.force_login(clinician)
     case = SimilarCase.objects.get(result__study=query_study, rank=1)
     for side, colour in (("query", (255, 0, 0)), ("reference", (0, 0, 255))):
         url = reverse(
@@ -323,11 +307,11 @@ def test_stored_cam_overlays_are_served_for_the_result_pairs(client, alice, quer
 
 
 def test_cam_endpoint_refuses_slices_of_other_studies_and_unknown_sides(
-    client, alice, bob, query_study
+    client, clinician, other_clinician, query_study
 ):
     case = SimilarCase.objects.get(result__study=query_study, rank=1)
-    foreign = SliceFactory(series=SeriesFactory(study=StudyFactory(uploaded_by=bob)))
-    client.force_login(alice)
+    foreign = SliceFactory(series=SeriesFactory(study=StudyFactory(uploaded_by=other_clinician)))
+    client.force_login(clinician)
     url = "cases:review_cam"
     args = [query_study.pk, case.query_slice_id, case.reference_slice_id]
     assert client.get(reverse(url, args=[*args[:2], foreign.pk, "query"])).status_code == 404
@@ -336,10 +320,10 @@ def test_cam_endpoint_refuses_slices_of_other_studies_and_unknown_sides(
 
 
 def test_a_clinician_cannot_open_another_clinicians_review_page_progress_or_cams(
-    client, bob, query_study
+    client, other_clinician, query_study
 ):
     case = SimilarCase.objects.get(result__study=query_study, rank=1)
-    client.force_login(bob)
+    client.force_login(other_clinician)
     assert review(client, query_study).status_code == 404
     assert client.get(reverse("cases:study_progress", args=[query_study.pk])).status_code == 404
     cam = reverse(
@@ -358,21 +342,21 @@ def test_experts_see_every_review_page_with_the_expert_actions(client, expert, q
     assert 'id="expert-actions"' in html
 
 
-def test_clinicians_see_the_diagnosis_but_no_expert_forms(client, alice, query_study):
-    client.force_login(alice)
+def test_clinicians_see_the_diagnosis_but_no_expert_forms(client, clinician, query_study):
+    client.force_login(clinician)
     html = review(client, query_study).content.decode()
     assert 'data-testid="current-label"' in html
     assert reverse("review:label_set", args=[query_study.pk]) not in html
 
 
-def test_processing_study_shows_a_live_progress_bar_and_no_results(client, alice):
+def test_processing_study_shows_a_live_progress_bar_and_no_results(client, clinician):
     study = StudyFactory(
-        uploaded_by=alice,
+        uploaded_by=clinician,
         status=Study.Status.PROCESSING,
         progress_stage="embed",
         progress_percent=55,
     )
-    client.force_login(alice)
+    client.force_login(clinician)
     response = review(client, study)
     assert response.status_code == 200
     html = response.content.decode()
@@ -382,14 +366,14 @@ def test_processing_study_shows_a_live_progress_bar_and_no_results(client, alice
     assert 'data-testid="no-results"' in html and 'data-testid="retry"' not in html
 
 
-def test_progress_endpoint_reports_status_stage_and_percent(client, alice):
+def test_progress_endpoint_reports_status_stage_and_percent(client, clinician):
     study = StudyFactory(
-        uploaded_by=alice,
+        uploaded_by=clinician,
         status=Study.Status.PROCESSING,
         progress_stage="prepare",
         progress_percent=12,
     )
-    client.force_login(alice)
+    client.force_login(clinician)
     data = client.get(reverse("cases:study_progress", args=[study.pk])).json()
     assert data["status"] == "processing" and data["stage"] == "prepare"
     assert data["percent"] == 12 and not data["finished"] and not data["failed"]
@@ -401,11 +385,11 @@ def test_progress_endpoint_reports_status_stage_and_percent(client, alice):
     assert data["review_url"] == reverse("cases:study_review", args=[study.pk])
 
 
-def test_failed_study_shows_the_reason_and_only_experts_may_retry(client, alice, expert):
+def test_failed_study_shows_the_reason_and_only_experts_may_retry(client, clinician, expert):
     study = StudyFactory(
-        uploaded_by=alice, status=Study.Status.FAILED, status_message="no lung found"
+        uploaded_by=clinician, status=Study.Status.FAILED, status_message="no lung found"
     )
-    client.force_login(alice)
+    client.force_login(clinician)
     html = review(client, study).content.decode()
     assert "no lung found" in html and 'data-testid="retry"' not in html
     assert not client.get(reverse("cases:study_progress", args=[study.pk])).json()["can_retry"]
@@ -418,9 +402,9 @@ def test_failed_study_shows_the_reason_and_only_experts_may_retry(client, alice,
     assert client.get(reverse("cases:study_progress", args=[study.pk])).json()["can_retry"]
 
 
-def test_retry_requeues_a_failed_study_with_an_audit_event(client, alice, expert):
+def test_retry_requeues_a_failed_study_with_an_audit_event(client, clinician, expert):
     study = StudyFactory(
-        uploaded_by=alice, status=Study.Status.FAILED, status_message="worker died"
+        uploaded_by=clinician, status=Study.Status.FAILED, status_message="worker died"
     )
     client.force_login(expert)
     response = client.post(reverse("cases:study_retry", args=[study.pk]))
@@ -433,7 +417,7 @@ def test_retry_requeues_a_failed_study_with_an_audit_event(client, alice, expert
     assert event.actor == expert and event.detail == {"previous_error": "worker died"}
 
 
-def test_retry_of_a_finished_study_changes_nothing(client, alice, expert, query_study):
+def test_retry_of_a_finished_study_changes_nothing(client, clinician, expert, query_study):
     client.force_login(expert)
     response = client.post(reverse("cases:study_retry", args=[query_study.pk]), follow=True)
     assert "only failed or unprocessed studies can be retried" in response.content.decode()
@@ -448,8 +432,8 @@ def test_retry_needs_post(client, expert):
     assert client.get(reverse("cases:study_retry", args=[study.pk])).status_code == 405
 
 
-def test_review_config_lists_each_result_with_its_query_cam(client, alice, query_study):
-    client.force_login(alice)
+def test_review_config_lists_each_result_with_its_query_cam(client, clinician, query_study):
+    client.force_login(clinician)
     response = review(client, query_study)
     html = response.content.decode()
     start = html.index('<script id="review-config" type="application/json">')
@@ -461,11 +445,11 @@ def test_review_config_lists_each_result_with_its_query_cam(client, alice, query
 
 
 def test_study_page_and_worklist_link_to_the_review_page_and_poll_progress(
-    client, alice, query_study
+    client, clinician, query_study
 ):
-    processing = StudyFactory(uploaded_by=alice, status=Study.Status.PROCESSING)
-    fresh = StudyFactory(uploaded_by=alice, status=Study.Status.UPLOADED)
-    client.force_login(alice)
+    processing = StudyFactory(uploaded_by=clinician, status=Study.Status.PROCESSING)
+    fresh = StudyFactory(uploaded_by=clinician, status=Study.Status.UPLOADED)
+    client.force_login(clinician)
     review_url = reverse("cases:study_review", args=[query_study.pk])
     detail = client.get(reverse("cases:study_detail", args=[query_study.pk])).content.decode()
     assert f'href="{review_url}" data-testid="open-review">Review similar cases' in detail

@@ -20,11 +20,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def expert():
-    return UserFactory(role="Expert")
-
-
-@pytest.fixture
 def expert_client(client, expert):
     client.force_login(expert)
     return client

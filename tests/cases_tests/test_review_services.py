@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from cases.selectors_review import label_history, reference_case_pending_list, study_current_label
 from django.core.exceptions import PermissionDenied, ValidationError
 
 from cases.models import AuditEvent, ExpertLabel, ReferenceCase, Study
-from cases.selectors_review import label_history, reference_case_pending_list, study_current_label
 from cases.services.review import (
     expert_label_set,
     reference_case_approve,
@@ -29,16 +29,6 @@ def events(verb: str, obj) -> list[AuditEvent]:
     return list(
         AuditEvent.objects.filter(verb=verb, object_type=obj._meta.label, object_id=str(obj.pk))
     )
-
-
-@pytest.fixture
-def expert():
-    return UserFactory(role="Expert")
-
-
-@pytest.fixture
-def second_expert():
-    return UserFactory(role="Expert")
 
 
 def test_label_set_keeps_every_label_as_history(expert, second_expert):

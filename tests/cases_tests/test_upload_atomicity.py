@@ -14,14 +14,8 @@ from cases.services.ingestion import ImportResult, study_import_uploads
 from cases.services.upload import study_upload
 from retrieval.models import StudyJob
 from tests.dicomgen import ct_series_write
-from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def uploader():
-    return UserFactory(role="Clinician")
 
 
 @pytest.fixture
@@ -42,10 +36,10 @@ def _publishes(callbacks) -> int:
 
 
 def test_an_upload_commits_its_study_with_one_queued_job_and_publishes_after_the_commit(
-    uploader, series_files, django_capture_on_commit_callbacks
+    clinician, series_files, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks() as callbacks:
-        result = study_upload(files=_uploads(series_files), uploader=uploader)
+        result = study_upload(files=_uploads(series_files), uploader=clinician)
 
     # The message is an on-commit callback: it is sent only once the rows are committed.
     assert _publishes(callbacks) == 1
@@ -56,18 +50,18 @@ def test_an_upload_commits_its_study_with_one_queued_job_and_publishes_after_the
 
 
 def test_uploading_the_same_study_again_queues_it_only_once(
-    uploader, series_files, django_capture_on_commit_callbacks
+    clinician, series_files, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks() as callbacks:
-        first = study_upload(files=_uploads(series_files), uploader=uploader)
-        again = study_upload(files=_uploads(series_files), uploader=uploader)
+        first = study_upload(files=_uploads(series_files), uploader=clinician)
+        again = study_upload(files=_uploads(series_files), uploader=clinician)
 
     assert first.created == [True] and again.created == [False] and again.new_series == [0]
     assert StudyJob.objects.get().attempts == 1
     assert _publishes(callbacks) == 1
 
 
-def test_a_failure_before_the_commit_leaves_no_row_no_file_and_no_job(uploader, series_files):
+def test_a_failure_before_the_commit_leaves_no_row_no_file_and_no_job(clinician, series_files):
     seen: list[int] = []
 
     def fail_after_writing(result: ImportResult) -> None:
@@ -76,7 +70,7 @@ def test_a_failure_before_the_commit_leaves_no_row_no_file_and_no_job(uploader, 
 
     with pytest.raises(RuntimeError, match="broker decision failed"):
         study_import_uploads(
-            files=_uploads(series_files), uploader=uploader, before_commit=fail_after_writing
+            files=_uploads(series_files), uploader=clinician, before_commit=fail_after_writing
         )
 
     assert seen == [3]

@@ -4,7 +4,6 @@ import pytest
 
 from tests.retrieval_tests.pipeline_fixtures import (  # noqa: F401 (pytest fixtures)
     active_version,
-    clinician,
     experts,
     library,
     pipeline_env,

@@ -11,7 +11,7 @@ import pytest
 from retrieval.models import ModelVersion
 from retrieval.pipeline import index_store, runtime
 from retrieval.pipeline.synthetic import chest_slice
-from tests.factories import UserFactory, diagnosis
+from tests.factories import diagnosis
 
 SIZE = 64
 LIBRARY = {"Normal": "normal", "IPF-ILD": "reticulation", "ASS-ILD": "ground_glass"}
@@ -65,8 +65,8 @@ def active_version(db, tiny_artefact, pipeline_env) -> ModelVersion:
 
 
 @pytest.fixture
-def experts(db):
-    return UserFactory(role="Expert"), UserFactory(role="Expert")
+def experts(expert, second_expert):
+    return expert, second_expert
 
 
 # Embeddings of the library's slices computed by the real path (reference_case_sync) in the
@@ -128,15 +128,9 @@ def library(active_version, experts):
     return cases
 
 
-@pytest.fixture
-def clinician(db):
-    return UserFactory(role="Clinician")
-
-
 __all__ = [
     "SIZE",
     "active_version",
-    "clinician",
     "experts",
     "library",
     "pipeline_env",

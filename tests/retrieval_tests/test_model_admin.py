@@ -10,15 +10,9 @@ from django.urls import reverse
 
 from cases.models import ReferenceCase
 from retrieval.models import ModelVersion, ReferenceEmbedding, TrainingRun
-from tests.factories import UserFactory
 from tests.retrieval_tests.pipeline_fixtures import SIZE
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_user(db):
-    return UserFactory(role="Admin")
 
 
 def _activate(client, version: ModelVersion):

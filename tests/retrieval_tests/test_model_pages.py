@@ -57,11 +57,6 @@ def report_version(tmp_path) -> ModelVersion:
     )
 
 
-@pytest.fixture
-def expert(db):
-    return UserFactory(role="Expert")
-
-
 def test_experts_and_admins_see_the_model_list_with_the_active_version_marked(
     client, expert, report_version
 ):

@@ -14,18 +14,12 @@ from ildreview.celery import app
 from retrieval.models import StudyJob
 from retrieval.pipeline import enqueue, recovery, stages
 from retrieval.pipeline.synthetic import synthetic_study_create
-from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def uploader():
-    return UserFactory(role="Clinician")
-
-
-def _study(uploader, **kwargs) -> Study:
-    return synthetic_study_create(uploaded_by=uploader, slices=1, size=16, **kwargs)
+def _study(clinician, **kwargs) -> Study:
+    return synthetic_study_create(uploaded_by=clinician, slices=1, size=16, **kwargs)
 
 
 def _age(study: Study, seconds: int) -> None:
@@ -53,10 +47,10 @@ def refusing_broker():
 
 
 def test_an_upload_left_uploaded_past_the_grace_period_is_queued_once(
-    uploader, settings, django_capture_on_commit_callbacks
+    clinician, settings, django_capture_on_commit_callbacks
 ):
     settings.ILDREVIEW_UPLOADED_GRACE_S = 120
-    study = _study(uploader)
+    study = _study(clinician)
     _age(study, 300)
 
     with django_capture_on_commit_callbacks() as callbacks:
@@ -71,12 +65,12 @@ def test_an_upload_left_uploaded_past_the_grace_period_is_queued_once(
 
 
 def test_recent_uploads_and_studies_of_other_sources_are_left_alone(
-    uploader, settings, django_capture_on_commit_callbacks
+    clinician, settings, django_capture_on_commit_callbacks
 ):
     settings.ILDREVIEW_UPLOADED_GRACE_S = 120
-    recent = _study(uploader)
+    recent = _study(clinician)
     _age(recent, 60)
-    reference = _study(uploader, source=Study.Source.REFERENCE_IMPORT, seed=1)
+    reference = _study(clinician, source=Study.Source.REFERENCE_IMPORT, seed=1)
     _age(reference, 3600)
 
     with django_capture_on_commit_callbacks() as callbacks:
@@ -87,10 +81,10 @@ def test_recent_uploads_and_studies_of_other_sources_are_left_alone(
 
 
 def test_an_uploaded_study_whose_queued_message_was_lost_gets_a_new_run(
-    uploader, settings, django_capture_on_commit_callbacks
+    clinician, settings, django_capture_on_commit_callbacks
 ):
     settings.ILDREVIEW_UPLOADED_GRACE_S = 120
-    study = _study(uploader)
+    study = _study(clinician)
     StudyJob.objects.create(
         study=study, run_id="lost", state=StudyJob.State.QUEUED, attempts=1, heartbeat_at=None
     )
@@ -106,9 +100,9 @@ def test_an_uploaded_study_whose_queued_message_was_lost_gets_a_new_run(
 
 
 def test_a_run_the_broker_refused_is_flagged_and_sent_again_by_the_next_sweep(
-    uploader, refusing_broker, django_capture_on_commit_callbacks
+    clinician, refusing_broker, django_capture_on_commit_callbacks
 ):
-    study = _study(uploader)
+    study = _study(clinician)
     with django_capture_on_commit_callbacks() as callbacks:
         enqueue.study_enqueue_processing(study=study)
     refused_run = StudyJob.objects.get(study=study).run_id
