@@ -7,12 +7,13 @@ everywhere. It lives in `cases` because `cases` imports nothing from `retrieval`
 nothing from Django so that the Django-free engine may use it.
 
 Rules (the format is taken from the content, not from the file name):
-- PNG and JPEG hold already-windowed 8-bit grey (colour is converted to grey, ITU-R BT.601);
-  16-bit and float PNGs are refused (Hounsfield units come as a TIFF);
+- PNG, JPEG and BMP hold already-windowed 8-bit grey (colour is converted to grey, ITU-R
+  BT.601); 16-bit and float PNGs are refused (Hounsfield units come as a TIFF);
 - TIFF (one page) holds signed 16-bit Hounsfield units or 8-bit grey/colour (windowed); a 3- or
   4-channel TIFF whose colour channels repeat the same values is that one grey image, so a
-  signed 16-bit one is Hounsfield units too; other TIFFs (unsigned 16-bit, 32-bit, 16-bit
-  colour, several pages) are refused;
+  signed 16-bit one is Hounsfield units too; a signed 32-bit TIFF whose values fit in 16 bits
+  is read as Hounsfield units (some exporters widen them); other TIFFs (unsigned 16-bit, 32-bit
+  beyond the 16-bit range, float, 16-bit colour, several pages) are refused;
 - a single DICOM file, other formats, images with a side under `MIN_SIDE` or over `MAX_SIDE`
   pixels and decompression bombs are refused.
 """
@@ -43,7 +44,7 @@ class ReferenceImage:
 
     pixels: np.ndarray
     is_windowed: bool
-    format: str  # "PNG", "JPEG" or "TIFF"
+    format: str  # "PNG", "JPEG", "BMP" or "TIFF"
 
 
 def reference_image_decode(data: bytes) -> ReferenceImage:
@@ -90,6 +91,9 @@ def _tiff_decode(data: bytes) -> ReferenceImage:
             array = array[..., 0]  # grey saved as colour: one image, at any depth
         elif array.dtype == np.uint8:
             array = _to_grey(array)
+    if array.dtype == np.int32 and array.ndim == 2 and array.size:
+        if -32768 <= int(array.min()) and int(array.max()) <= 32767:
+            array = array.astype(np.int16)
     if array.dtype == np.int16 and array.ndim == 2:
         return ReferenceImage(pixels=array, is_windowed=False, format="TIFF")
     if array.dtype == np.uint8 and array.ndim == 2:
@@ -106,9 +110,9 @@ def _pil_decode(data: bytes) -> ReferenceImage:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             fmt = image.format
-            if fmt not in ("PNG", "JPEG"):
+            if fmt not in ("PNG", "JPEG", "BMP"):
                 raise ImageReadError(
-                    f"unknown format {fmt or '?'} (expected PNG, JPEG, TIFF or a DICOM folder)"
+                    f"unknown format {fmt or '?'} (expected PNG, JPEG, BMP, TIFF or a DICOM folder)"
                 )
             image.load()
     except ImageReadError:
