@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from PIL import Image
 
-from cases.dicom_writer import deterministic_uid, write_ct_series
+from cases.dicom_writer import write_ct_series
 from cases.models import Diagnosis, ExpertLabel, Patient, ReferenceCase, Series, Slice, Study
 from cases.phantom import chest_phantom
 from cases.services.ingestion import patient_pseudonym, uid_pseudonym
@@ -28,6 +28,7 @@ from cases.services.reference_import import (
     reference_manifest_import,
     reference_row_import,
 )
+from cases.uids import deterministic_uid
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db

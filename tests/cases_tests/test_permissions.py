@@ -110,10 +110,10 @@ def test_study_list_visible_filters_by_current_diagnosis_not_an_older_one(expert
     assert list(selectors.study_list_visible(user=expert, diagnosis=diagnosis("ASS-ILD"))) == [
         relabelled
     ]
-    annotated = selectors.study_list_with_current_diagnosis(
+    annotated = selectors.study_list_with_current_label(
         studies=selectors.study_list_visible(user=expert, diagnosis="ass-ild")
     )
-    assert annotated.get().current_diagnosis_name == "ASS-ILD"
+    assert annotated.get().current_label_name == "ASS-ILD"
 
 
 def test_study_get_visible_raises_404_for_other_clinicians_study(clinician, other_clinician):
@@ -138,7 +138,7 @@ def test_reference_library_lists_approved_cases_only(other_clinician):
     ReferenceCaseFactory(state=ReferenceCase.State.RETIRED)
     ipf = ReferenceCaseFactory(state=ReferenceCase.State.APPROVED, diagnosis=diagnosis("IPF-ILD"))
     assert set(selectors.reference_library_list()) == {approved, ipf}
-    assert list(selectors.reference_case_list(diagnosis="ipf-ild")) == [ipf]
+    assert list(selectors.reference_library_list(diagnosis="ipf-ild")) == [ipf]
 
 
 def test_thumbnail_is_the_middle_slice_of_the_first_series():

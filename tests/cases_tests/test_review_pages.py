@@ -235,7 +235,7 @@ def test_panel_shows_reference_state_instead_of_propose_form(expert):
 
 
 def test_panel_can_be_included_with_explicit_context(expert):
-    from cases.selectors_review import expert_actions_context
+    from cases.selectors import expert_actions_context
 
     study = StudyFactory()
     context = expert_actions_context(study=study, user=expert)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from cases.selectors_review import label_history, reference_case_pending_list, study_current_label
 from django.core.exceptions import PermissionDenied, ValidationError
 
 from cases.models import AuditEvent, ExpertLabel, ReferenceCase, Study
+from cases.selectors import reference_case_pending_list, study_current_label, study_label_history
 from cases.services.review import (
     expert_label_set,
     reference_case_approve,
@@ -40,7 +40,7 @@ def test_label_set_keeps_every_label_as_history(expert, second_expert):
 
     assert ExpertLabel.objects.filter(study=study).count() == 2
     assert study_current_label(study=study) == second
-    assert [label.pk for label in label_history(study=study)] == [second.pk, first.pk]
+    assert [label.pk for label in study_label_history(study=study)] == [second.pk, first.pk]
     first.refresh_from_db()
     assert first.diagnosis.name == "Normal"
     assert second.comment == "honeycombing"

@@ -15,7 +15,7 @@ from cases.models import Study
 from retrieval.models import SimilarCase
 from retrieval.pipeline import enqueue
 from retrieval.pipeline.synthetic import synthetic_study_create
-from retrieval.review_services import review_cam_name
+from retrieval.services import review_cam_name
 from tests.retrieval_tests.pipeline_fixtures import LIBRARY, SIZE
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
