@@ -129,9 +129,15 @@ class StudyJob(models.Model):
     newer run. `heartbeat_at` is refreshed while a stage runs; a job `running` on a worker that
     died (stale heartbeat, or the same hostname restarting) is re-enqueued by
     `retrieval.pipeline.recovery`.
+
+    A new run starts `waiting` (not yet sent to the broker) when its uploader already has
+    `ILDREVIEW_QUEUE_PER_USER` runs sent and unfinished; it is sent (`queued`) when one of them
+    ends (fair order across users, see `retrieval.pipeline.enqueue`). `stage_seconds` holds the
+    time each stage of the run took; the queue estimate uses it.
     """
 
     class State(models.TextChoices):
+        WAITING = "waiting", "Waiting (not sent yet)"
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
         DONE = "done", "Done"
@@ -149,7 +155,17 @@ class StudyJob(models.Model):
     worker = models.CharField(max_length=255, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0, help_text="Times this study was enqueued")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When this run was queued (its place in its user's line)"
+    )
+    published_at = models.DateTimeField(
+        null=True, blank=True, help_text="When this run was sent to the broker"
+    )
     started_at = models.DateTimeField(null=True, blank=True)
+    stage_started_at = models.DateTimeField(null=True, blank=True)
+    stage_seconds = models.JSONField(
+        default=dict, blank=True, help_text="Seconds each stage of this run took"
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
