@@ -225,6 +225,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Pipeline (retrieval/pipeline/): index backend, results per study, time limits and recovery.
 # An empty value means the default too.
 ILDREVIEW_INDEX_BACKEND = env.str("ILDREVIEW_INDEX_BACKEND", default="lsh") or "lsh"
+# recall@10 the "lsh" backend is tuned to reach on held-out library vectors when it is built
+# (retrieval/engine/index/tune.py); below it, the build falls back to exact or faiss-hnsw.
+ILDREVIEW_INDEX_TARGET_RECALL = env.float("ILDREVIEW_INDEX_TARGET_RECALL", default=0.95)
 ILDREVIEW_RESULTS_TOP_K = env.int("ILDREVIEW_RESULTS_TOP_K", default=8)
 ILDREVIEW_STAGE_SOFT_TIME_LIMIT_S = env.int("ILDREVIEW_STAGE_SOFT_TIME_LIMIT_S", default=1200)
 ILDREVIEW_LONG_SOFT_TIME_LIMIT_S = env.int("ILDREVIEW_LONG_SOFT_TIME_LIMIT_S", default=3600)

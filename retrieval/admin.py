@@ -47,8 +47,45 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_filter = ("is_active", "backbone", "created_at")
     search_fields = ("name", "backbone", "artefact_dir", "backbone_weights_sha256")
     # Activation goes through the action so that the library is re-embedded first.
-    readonly_fields = ("is_active", "created_at")
+    readonly_fields = ("is_active", "created_at", "reference_index")
+    exclude = ("index_info",)
     actions = ["activate_selected"]
+
+    @admin.display(description="reference index")
+    def reference_index(self, obj: ModelVersion) -> str:
+        """How the workers last built this version's index: the backend, the tuned LSH
+        parameters and the recall measured on held-out library vectors, or the fallback's
+        reason (`ModelVersion.index_info`, written by the workers)."""
+        info = obj.index_info or {}
+        if not info:
+            return "not built yet (the first query or library change builds it)"
+        params = ", ".join(
+            f"{key} {info[key]}" for key in ("tables", "bits", "probes", "ef_search") if key in info
+        )
+        lines = [
+            ("backend", f"{info.get('backend', '?')}" + (f" ({params})" if params else "")),
+            ("vectors at build", info.get("n", "?")),
+            (
+                f"recall@{info.get('k', 10)}",
+                f"{info['recall']} (target {info.get('target_recall', '—')}, "
+                f"{info.get('sample', 0)} held-out library vectors)"
+                if "recall" in info
+                else "—",
+            ),
+            (
+                "query ms",
+                f"{info['query_ms']} (exact {info.get('exact_query_ms', '—')})"
+                if "query_ms" in info
+                else "—",
+            ),
+            ("why", info.get("reason", "—")),
+            ("built", info.get("built_at", "—")),
+            ("settings tried", len(info.get("trials", []))),
+        ]
+        return format_html(
+            "<table>{}</table>",
+            format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", lines),
+        )
 
     @admin.display(description="macro F1")
     def macro_f1(self, obj: ModelVersion) -> str:

@@ -20,6 +20,10 @@ class ModelVersion(models.Model):
     report_dir = models.CharField(max_length=500, blank=True, default="")
     is_active = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # How the workers' reference index of this version was last built: backend, tuned LSH
+    # parameters, recall measured on held-out library vectors, or why it fell back
+    # (`VectorIndex.build_info`, written by retrieval/pipeline/index_store.py).
+    index_info = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

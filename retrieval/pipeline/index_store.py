@@ -14,6 +14,13 @@ incremental, never a full rebuild:
 So a newly approved case is found by the next query, and a retired one disappears from it.
 The snapshot lets a restarted worker start from disk and catch up with step 2/3 instead of
 re-reading every vector. Backend: `settings.ILDREVIEW_INDEX_BACKEND` (default "lsh").
+
+Tuning: the first build goes through the engine's `build_tuned_index`, which for "lsh" picks
+tables, bits and probes from the library to reach `ILDREVIEW_INDEX_TARGET_RECALL` on held-out
+library vectors (or falls back to exact / faiss-hnsw and says why). Parameters tuned on a small
+library do not hold for a large one, so the index is re-tuned from the vectors it holds each
+time the library has doubled since the last tuning. The result (`index.build_info`) is written
+to `ModelVersion.index_info`, which the admin shows.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.db.models import Count, Max, Sum
+from django.utils import timezone
 
 from retrieval.models import ModelVersion, ReferenceEmbedding
 from retrieval.pipeline.runtime import vector_from_bytes
@@ -78,9 +86,38 @@ def _rows(qs):
     ).order_by("id")
 
 
-def _add_rows(live: LiveIndex, rows) -> int:
-    from retrieval.engine.index import build_index
+def _build(backend: str, ids: np.ndarray, vectors: np.ndarray):
+    from retrieval.engine.index.tune import TuneOptions, build_tuned_index
 
+    target = getattr(settings, "ILDREVIEW_INDEX_TARGET_RECALL", 0.95)
+    return build_tuned_index(
+        backend, ids, vectors, seed=0, options=TuneOptions(target_recall=target)
+    )
+
+
+def _record_build(live: LiveIndex) -> None:
+    info = dict(live.index.build_info) if live.index is not None else {}
+    info["built_at"] = timezone.now().isoformat()
+    ModelVersion.objects.filter(pk=live.version_id).update(index_info=info)
+
+
+def _maybe_retune(live: LiveIndex) -> bool:
+    """Rebuild (re-tune) the index once the library has doubled since it was tuned."""
+    from retrieval.engine.index.tune import MIN_TUNE_N
+
+    index = live.index
+    if index is None or live.backend != "lsh":
+        return False
+    n, tuned_n = len(index), int(index.build_info.get("n", 0))
+    if n < MIN_TUNE_N or n < 2 * tuned_n:
+        return False
+    ids = index.ids()
+    live.index = _build(live.backend, ids, index.get_vectors(ids))
+    logger.info("index v%s re-tuned at %d vectors (was %d)", live.version_id, n, tuned_n)
+    return True
+
+
+def _add_rows(live: LiveIndex, rows) -> int:
     ids, vectors = [], []
     for emb_id, vec, case_id, code, slice_id in rows:
         if emb_id in live.meta:
@@ -92,8 +129,10 @@ def _add_rows(live: LiveIndex, rows) -> int:
         return 0
     matrix = np.vstack(vectors).astype(np.float32)
     if live.index is None:
-        live.index = build_index(live.backend, dim=matrix.shape[1], seed=0)
-    live.index.add(np.asarray(ids, dtype=np.int64), matrix)
+        live.index = _build(live.backend, np.asarray(ids, dtype=np.int64), matrix)
+        _record_build(live)
+    else:
+        live.index.add(np.asarray(ids, dtype=np.int64), matrix)
     return len(ids)
 
 
@@ -127,6 +166,8 @@ def index_sync(*, model_version: ModelVersion) -> LiveIndex:
             missing = [i for i in db_ids if i not in live.meta]
             if missing:
                 added += _add_rows(live, _rows(qs.filter(id__in=missing)))
+        if _maybe_retune(live):
+            _record_build(live)
         logger.info(
             "index v%s synced: +%d -%d -> %d vectors",
             model_version.pk,

@@ -10,8 +10,8 @@ row (the paper's LSH when the query's bucket holds fewer than k vectors, HNSW wh
 walk reaches fewer) pads it with id -1 and score -inf — callers must skip ids < 0.
 
 Persistence: `save(path)` writes a folder (created if missing) holding `index.json` (backend,
-dimension, seed, parameters) and the arrays; `load_index(path)` reads `index.json` and hands
-over to the backend named there.
+dimension, seed, parameters, `build_info`) and the arrays; `load_index(path)` reads
+`index.json` and hands over to the backend named there.
 """
 
 from __future__ import annotations
@@ -217,6 +217,9 @@ class VectorIndex(ABC):
             raise ValueError(f"dim must be positive, got {dim}")
         self.dim = int(dim)
         self.seed = int(seed)
+        # How this index came to be (tuned parameters, measured recall, a fallback's reason);
+        # written by `tune.build_tuned_index`, saved in index.json, shown in the admin.
+        self.build_info: dict[str, Any] = {}
 
     # -- the interface -------------------------------------------------------------------
     @abstractmethod
@@ -289,6 +292,7 @@ class VectorIndex(ABC):
             "seed": self.seed,
             "params": self.params(),
             "count": len(self),
+            "build_info": self.build_info,
         }
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -303,6 +307,7 @@ class VectorIndex(ABC):
         with np.load(path / ARRAYS_FILE, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
         index._restore(arrays, path)
+        index.build_info = dict(meta.get("build_info") or {})
         return index
 
     def __repr__(self) -> str:

@@ -29,6 +29,7 @@ their memory; re-ranking then casts the gathered candidates to float32.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,27 @@ class LSHIndex(VectorIndex):
             out_ids[i, : len(top)] = self._store.ids[rows[top]]
             out_scores[i, : len(top)] = scores[top]
         return out_ids, out_scores
+
+    def with_tables(self, tables: int, probes: int) -> LSHIndex:
+        """A read-only view that searches only the first `tables` tables with `probes` probes.
+
+        It shares the vectors and sorted arrays, and answers exactly like an index built with
+        (tables, this bits, probes) and this seed: table t's hyperplanes are rows t*K..t*K+K-1
+        of one seeded draw, whatever the table count. The tuner uses it to try several table
+        counts from one build.
+        """
+        if not 1 <= int(tables) <= self.tables:
+            raise ValueError(f"tables must be in 1..{self.tables}, got {tables}")
+        self.flush()
+        view = copy.copy(self)
+        view.tables = int(tables)
+        view.probes = int(probes)
+        view._keys = self._keys[:tables]
+        view._rows = self._rows[:tables]
+        view._planes = np.ascontiguousarray(self._planes[:, : tables * self.bits])
+        view._offsets = self._offsets[:tables]
+        view._pending_codes = self._pending_codes[:tables]
+        return view
 
     def candidate_count(self, query: np.ndarray) -> np.ndarray:
         """Alive candidates each query would re-rank (before any exact fallback)."""
