@@ -76,7 +76,7 @@ def test_when_no_lsh_setting_reaches_the_target_a_small_library_falls_back_to_ex
     index = build_tuned_index("lsh", ids, x, options=hopeless)
 
     assert index.backend == "exact"
-    assert "no LSH setting reached recall@10 0.99" in index.build_info["reason"]
+    assert "no LSH setting tried reached recall@10 0.99" in index.build_info["reason"]
     assert "fell back to exact" in index.build_info["reason"]
     assert index.build_info["requested"] == "lsh" and len(index) == len(ids)
 

@@ -11,7 +11,8 @@ on a less clustered mixture). Instead it measures:
    candidates, to fewest bits) one index with the most tables is built; table counts are tried
    as views of it (`LSHIndex.with_tables`, no rebuild) and probes increasing. The probe sweep of
    a (bits, tables) pair stops at the first setting that reaches the target (more probes only
-   cost time) or once it is slower than the best setting found so far.
+   cost time) or once it is slower than the best setting found so far or than the allowed
+   fraction of exact search; more tables are not tried once no probes is already too slow.
 3. Choice: among the settings whose recall reaches the target (the sample mean less 1.64
    standard errors, so that sampling noise does not pass a setting that misses it) and whose
    query time is at most `max_query_fraction` of exact search's on the same library, the one
@@ -180,10 +181,20 @@ def build_tuned_index(
                     if best is None or trial["query_ms"] < best["query_ms"]:
                         best = trial
                     break  # more probes: same or better recall, more time
-                if best is not None and trial["query_ms"] >= best["query_ms"]:
-                    break  # already slower than a setting that works
+                ceiling = min(
+                    limit_ms if limit_ms is not None else math.inf,
+                    best["query_ms"] if best is not None else math.inf,
+                )
+                if trial["query_ms"] >= ceiling:
+                    break  # more probes are slower still than allowed or than a working one
             if over_budget:
                 break
+            if (
+                trials
+                and trials[-1]["probes"] == min(opts.probes)
+                and (trials[-1]["query_ms"] >= (limit_ms if limit_ms is not None else math.inf))
+            ):
+                break  # more tables are slower still
         del full
 
     info: dict[str, Any] = {
@@ -222,7 +233,12 @@ def build_tuned_index(
             )
         else:
             top = max((t["recall"] for t in trials), default=0.0)
-            why = f"no LSH setting reached recall@{k} {opts.target_recall} (best {top:.3f})"
+            why = f"no LSH setting tried reached recall@{k} {opts.target_recall} (best {top:.3f})"
+            if limit_ms is not None:
+                why += (
+                    f"; settings slower than {opts.max_query_fraction} x exact "
+                    f"({exact_ms:.3f} ms) were not pursued"
+                )
         if over_budget:
             why += f" within the {opts.budget_s:.0f} s tuning budget"
         fallback = default_backend(n)
