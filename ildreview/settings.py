@@ -237,6 +237,10 @@ ILDREVIEW_RECOVERY_INTERVAL_S = env.int("ILDREVIEW_RECOVERY_INTERVAL_S", default
 # A study still "uploaded" this long after its last change (its upload committed, but it was
 # never queued) is queued by the recovery sweep.
 ILDREVIEW_UPLOADED_GRACE_S = env.int("ILDREVIEW_UPLOADED_GRACE_S", default=300)
+# Fair queue (retrieval/pipeline/enqueue.py): runs sent to the broker and unfinished per user
+# (the others wait in the database), and the worker slots the queue estimate divides by.
+ILDREVIEW_QUEUE_PER_USER = env.int("ILDREVIEW_QUEUE_PER_USER", default=1)
+ILDREVIEW_QUEUE_WORKERS = env.int("ILDREVIEW_QUEUE_WORKERS", default=1)
 # Torch intra-op threads per worker process: 1 by default, because several processes (web,
 # worker, other workers) share the CPU and oversubscribed OpenMP threads are up to 20x slower.
 ILDREVIEW_TORCH_THREADS = env.int("ILDREVIEW_TORCH_THREADS", default=1)

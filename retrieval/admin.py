@@ -159,10 +159,48 @@ class ReferenceEmbeddingAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(StudyJob)
 class StudyJobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("study", "stage", "state", "attempts", "worker", "heartbeat_at", "updated_at")
+    """Jobs with their place in the fair queue (waiting/queued runs) and their stage times."""
+
+    list_display = (
+        "study",
+        "uploader",
+        "stage",
+        "state",
+        "queue_position",
+        "stage_times",
+        "attempts",
+        "worker",
+        "enqueued_at",
+        "heartbeat_at",
+    )
     list_filter = ("state", "stage", "model_version")
     search_fields = ("study__patient__display_id", "worker", "run_id")
-    list_select_related = ("study__patient",)
+    list_select_related = ("study__patient", "study__uploaded_by")
+
+    def get_queryset(self, request):
+        # The queue order once per page, not once per row.
+        from retrieval.pipeline.progress import queue_order
+
+        self._queue_order = {study_id: n for n, study_id in enumerate(queue_order(), start=1)}
+        return super().get_queryset(request)
+
+    @admin.display(description="uploader", ordering="study__uploaded_by__username")
+    def uploader(self, obj: StudyJob) -> str:
+        return str(obj.study.uploaded_by or "—")
+
+    @admin.display(description="queue position")
+    def queue_position(self, obj: StudyJob) -> str:
+        order = getattr(self, "_queue_order", {})
+        n = order.get(obj.study_id)
+        return f"{n} of {len(order)}" if n else "—"
+
+    @admin.display(description="stage seconds")
+    def stage_times(self, obj: StudyJob) -> str:
+        seconds = obj.stage_seconds or {}
+        if not seconds:
+            return "—"
+        parts = [f"{stage} {float(s):.1f}" for stage, s in seconds.items()]
+        return ", ".join(parts) + f" (total {sum(float(s) for s in seconds.values()):.1f})"
 
 
 class SimilarCaseInline(ReadOnlyAdminMixin, admin.TabularInline):

@@ -17,10 +17,23 @@ from cases.api.files import FileView, binary_response, file_errors, stored_file_
 from cases.api.serializers import DiagnosisBriefSerializer
 from cases.models import Study
 from cases.selectors import study_get_visible
+from retrieval.pipeline.progress import study_queue_get
 from retrieval.selectors.review import similar_case_get_visible, study_result_for_api
 from retrieval.services import CAM_SIDES
 
 READY_STATES = (Study.Status.READY_FOR_REVIEW, Study.Status.REVIEWED)
+
+
+class QueueSerializer(serializers.Serializer):
+    """Where a study being processed stands while it waits (`progress.QueueState`)."""
+
+    state = serializers.ChoiceField(choices=["queued", "between_stages"])
+    position = serializers.IntegerField(allow_null=True, help_text="1 = next to start")
+    total = serializers.IntegerField(allow_null=True, help_text="Runs waiting to start")
+    estimate_s = serializers.IntegerField(
+        allow_null=True, help_text="Seconds until it starts; null when unknown (no history)"
+    )
+    text = serializers.CharField()
 
 
 class NotReadySerializer(serializers.Serializer):
@@ -28,6 +41,7 @@ class NotReadySerializer(serializers.Serializer):
     status = serializers.CharField()
     progress_stage = serializers.CharField()
     progress_percent = serializers.IntegerField()
+    queue = QueueSerializer(allow_null=True, help_text="Set while the study waits for a worker")
 
 
 class SliceRefSerializer(serializers.Serializer):
@@ -57,17 +71,10 @@ class SimilarCaseSerializer(serializers.Serializer):
     reference_slice = SliceRefSerializer()
     query_cam_url = serializers.SerializerMethodField()
     reference_cam_url = serializers.SerializerMethodField()
-    cam_status = serializers.SerializerMethodField(
-        help_text="`ready` when both CAM URLs are set; `computing` while a worker computes the "
-        "overlays (results are served before their CAMs: poll again)"
-    )
-
-    def get_cam_status(self, case) -> str:
-        return "ready" if case.query_cam and case.reference_cam else "computing"
 
     def _file_url(self, case, side: str) -> str | None:
-        # The overlay by the similar case's id (never its storage key); None until its explain
-        # job (a worker, after the study is ready) stored it.
+        # The overlay by the similar case's id (never its storage key); None before the
+        # explain stage stored it.
         if not (case.query_cam if side == "query" else case.reference_cam):
             return None
         url = reverse("api-file-similar-case-cam", args=[case.pk, side])
@@ -109,12 +116,19 @@ class StudyResultsView(APIView):
         study = study_get_visible(user=request.user, pk=pk)
         result = study_result_for_api(study=study) if study.status in READY_STATES else None
         if result is None:
+            queue = (
+                study_queue_get(study_id=study.pk)
+                if study.status == Study.Status.PROCESSING
+                else None
+            )
+            waiting = queue is not None and queue.state == "queued"
             return Response(
                 {
                     "detail": "results not ready",
                     "status": study.status,
-                    "progress_stage": study.progress_stage,
-                    "progress_percent": study.progress_percent,
+                    "progress_stage": "queued" if waiting else study.progress_stage,
+                    "progress_percent": 0 if waiting else study.progress_percent,
+                    "queue": queue.as_dict() if queue else None,
                 },
                 status=status.HTTP_409_CONFLICT,
             )

@@ -14,6 +14,10 @@ back. So workers also recover on their own:
   was never sent: the broker refused it right after the commit, see `enqueue.run_publish`);
 - a study still `uploaded` (committed by an upload but never queued: no job, or a job whose
   run never started) `ILDREVIEW_UPLOADED_GRACE_S` after its last change is queued.
+- runs `waiting` in the fair queue (`enqueue.jobs_admit`) whose user is under the cap are sent:
+  normally the end of a run sends the next one on commit, but a process that died right
+  after that commit, or a database error then, would leave them waiting forever. A lost run
+  re-enqueued above keeps its user's slot (it is sent at once, `queued`).
 
 Re-enqueueing starts a new run (new run_id) under a row lock, so two workers sweeping at once
 re-enqueue a study once, and the old run's message, if it is ever redelivered, is a no-op.
@@ -33,7 +37,12 @@ from django.utils import timezone
 
 from cases.models import Study
 from retrieval.models import StudyJob
-from retrieval.pipeline.enqueue import job_new_run, run_publish, study_enqueue_processing
+from retrieval.pipeline.enqueue import (
+    job_new_run,
+    jobs_admit,
+    run_publish,
+    study_enqueue_processing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +52,8 @@ PROCESS_STARTED = timezone.now()
 def stale_jobs_requeue(
     *, hostname: str | None = None, started: datetime | None = None
 ) -> list[int]:
-    """Re-enqueue lost jobs (see module docstring); returns the study ids re-enqueued."""
+    """Re-enqueue lost jobs, queue forgotten uploads and send admissible waiting runs (see the
+    module docstring); returns the study ids re-enqueued, queued or sent."""
     now = timezone.now()
     stale_running = now - timedelta(seconds=settings.ILDREVIEW_STALE_AFTER_S)
     stale_queued = now - timedelta(seconds=settings.ILDREVIEW_QUEUED_STALE_AFTER_S)
@@ -62,7 +72,11 @@ def stale_jobs_requeue(
             requeued.append(study_id)
     if requeued:
         logger.warning("re-enqueued studies whose worker was lost: %s", requeued)
-    return requeued + uploaded_studies_enqueue()
+    queued = uploaded_studies_enqueue()
+    admitted = jobs_admit()
+    if admitted:
+        logger.warning("sent waiting runs the fair queue admits: %s", admitted)
+    return requeued + queued + admitted
 
 
 def uploaded_studies_enqueue() -> list[int]:
@@ -102,7 +116,7 @@ def _requeue_one(*, job_id: int, run_id: str) -> int | None:
             return None
         job = job_new_run(study_id=job.study_id, model_version=job.model_version)
         Study.objects.filter(pk=job.study_id).update(
-            progress_stage="queued", updated_at=timezone.now()
+            progress_stage="queued", progress_percent=0, updated_at=timezone.now()
         )
         study_id, new_run = job.study_id, job.run_id
         transaction.on_commit(lambda: run_publish(study_id=study_id, run_id=new_run))

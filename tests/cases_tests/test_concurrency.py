@@ -175,8 +175,14 @@ from retrieval.models import StudyJob
 print("STATE" + json.dumps({
     "studies": {s.pk: s.status for s in Study.objects.all()},
     "jobs": [
-        {"study": j.study_id, "state": j.state, "run_id": j.run_id, "attempts": j.attempts}
-        for j in StudyJob.objects.all()
+        {
+            "study": j.study_id,
+            "state": j.state,
+            "run_id": j.run_id,
+            "attempts": j.attempts,
+            "user": j.study.uploaded_by_id,
+        }
+        for j in StudyJob.objects.select_related("study")
     ],
     "slices": Slice.objects.count(),
 }))
@@ -460,17 +466,23 @@ def test_eight_clients_for_a_minute_get_no_5xx_and_every_upload_is_saved_once_or
     state = _marked_json(server.manage("shell", "-c", INSPECT), "STATE")
     stored = {int(pk): status for pk, status in state["studies"].items()}
     assert set(stored) == set(created)
-    # Each queued exactly once: one job of one run, one broker message of that run.
+    # Each queued exactly once: one job of one run. The fair queue sends one run per user
+    # (ILDREVIEW_QUEUE_PER_USER) to the broker: that run has exactly one broker message; the
+    # user's other runs wait in the database with none (they are sent when a run ends).
     jobs = {job["study"]: job for job in state["jobs"]}
     assert set(jobs) == set(stored)
     assert all(status == "processing" for status in stored.values()), Counter(stored.values())
-    assert all(j["state"] == "queued" and j["attempts"] == 1 for j in jobs.values())
+    assert all(j["state"] in ("queued", "waiting") and j["attempts"] == 1 for j in jobs.values())
+    sent = {pk: job for pk, job in jobs.items() if job["state"] == "queued"}
+    assert Counter(job["user"] for job in sent.values()) == dict.fromkeys(
+        {job["user"] for job in jobs.values()}, 1
+    )
     messages = broker_messages(Path(server.env["ILDREVIEW_VAR_DIR"]))
-    assert sorted(messages) == sorted((pk, job["run_id"]) for pk, job in jobs.items())
+    assert sorted(messages) == sorted((pk, job["run_id"]) for pk, job in sent.items())
     # No file left behind by a refused upload: one pixel array and one DICOM copy per slice.
     files = media_counts(Path(server.env["MEDIA_ROOT"]))
     assert files[".npy"] == files[".dcm"] == state["slices"], (files, state["slices"])
     print(
-        f"[{server.kind}] studies {len(stored)}, broker messages {len(messages)}, "
-        f"5xx 0, lost 0, duplicated 0"
+        f"[{server.kind}] studies {len(stored)}, broker messages {len(messages)} (one per "
+        f"user, the others waiting), 5xx 0, lost 0, duplicated 0"
     )
