@@ -71,10 +71,17 @@ class SimilarCaseSerializer(serializers.Serializer):
     reference_slice = SliceRefSerializer()
     query_cam_url = serializers.SerializerMethodField()
     reference_cam_url = serializers.SerializerMethodField()
+    cam_status = serializers.SerializerMethodField(
+        help_text="`ready` when both CAM URLs are set; `computing` while a worker computes the "
+        "overlays (results are served before their CAMs: poll again)"
+    )
+
+    def get_cam_status(self, case) -> str:
+        return "ready" if case.query_cam and case.reference_cam else "computing"
 
     def _file_url(self, case, side: str) -> str | None:
-        # The overlay by the similar case's id (never its storage key); None before the
-        # explain stage stored it.
+        # The overlay by the similar case's id (never its storage key); None until its explain
+        # job (a worker, after the study is ready) stored it.
         if not (case.query_cam if side == "query" else case.reference_cam):
             return None
         url = reverse("api-file-similar-case-cam", args=[case.pk, side])

@@ -1,26 +1,44 @@
 """Writes of the retrieval app: registering and activating trained model versions; the review
-page's CAM overlays computed on demand, and its Retry action.
+page's background jobs (CAM overlays and live queries), and its Retry action.
 
-Live queries of the review page (another k, a diagnosis filter) can return slice pairs the
-pipeline did not explain. Their CAM overlay is computed the first time the page asks for it,
-with the same engine calls as the explain stage (`cam.similarity_cam` + `overlay_png`), and
-cached in media under a deterministic name, so later requests only read the file.
+No model runs and no index is built in a web process. The review page asks for what it lacks
+with the `*_request` functions, which send a worker job by name (at most one per thing every
+`JOB_DEDUP_S` seconds per web process) and return at once; the page shows a "computing"
+placeholder and polls. The workers run `review_cam_compute` (a CAM overlay of a slice pair that
+the pipeline did not explain, with the same engine calls as the explain jobs) and
+`study_live_query_run` (another k or a diagnosis filter, on the study's stored slice
+embeddings against the worker's live index), each writing its answer into storage under a
+deterministic name that the page's selectors read (`retrieval.selectors.review`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+from django.conf import settings
+from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 
 from cases.models import Slice, Study
 from cases.services.audit import audit_event_record
-from retrieval.models import ModelVersion
+from retrieval.models import ModelVersion, SimilarCase
+from retrieval.selectors.review import (
+    CAM_SIDES,
+    library_checksum,
+    live_query_name,
+    review_cam_name,
+)
 
-CAM_SIDES = ("query", "reference")
+logger = logging.getLogger(__name__)
+
+__all__ = ["CAM_SIDES", "review_cam_name"]  # re-exported: the views and tests use them here
+
+# A web process sends the same job at most once in this many seconds (pages poll meanwhile).
+JOB_DEDUP_S = 60
 
 
 class ModelVersionError(ValueError):
@@ -78,68 +96,138 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
     return version
 
 
-# --- the review page: CAM overlays on demand, Retry ----------------------------------------
+# --- the review page: background jobs, Retry -----------------------------------------------
 
 
-def review_cam_name(
-    *, study_id: int, model_version_id: int, query_slice_id: int, reference_slice_id: int, side: str
-) -> str:
-    """Media name of an on-demand CAM overlay (outside the pipeline's `results/` folder, whose
-    files the explain stage owns)."""
-    return (
-        f"review-cams/{study_id}/{model_version_id}/"
-        f"q{query_slice_id}-r{reference_slice_id}-{side}.png"
+def _job_publish(*, key: str, task: str, args: tuple) -> None:
+    """Send the worker job `task` unless this process sent the same one (`key`) recently.
+    In eager mode (tests, no broker) the job runs here at once, every time."""
+    from retrieval.pipeline.enqueue import task_publish
+
+    if not settings.CELERY_TASK_ALWAYS_EAGER and not cache.add(
+        f"ildreview:job:{key}", 1, timeout=JOB_DEDUP_S
+    ):
+        return
+    task_publish(task, *args)
+
+
+def review_cam_request(
+    *, study: Study, model_version: ModelVersion, query_slice_id: int, reference_slice_id: int
+) -> None:
+    """Ask a worker for the CAM overlays of one slice pair of the study: the explain job of the
+    stored similar case with that pair, or an on-demand job for a pair of a live query."""
+    case = (
+        SimilarCase.objects.filter(
+            result__study=study,
+            result__model_version=model_version,
+            query_slice_id=query_slice_id,
+            reference_slice_id=reference_slice_id,
+        )
+        .order_by("rank")
+        .first()
     )
+    if case is not None:
+        _job_publish(key=f"cam-case-{case.pk}", task="similar_case_explain", args=(case.pk,))
+        return
+    args = (study.pk, model_version.pk, query_slice_id, reference_slice_id)
+    _job_publish(key="cam-pair-{}-{}-{}-{}".format(*args), task="review_cam_compute", args=args)
 
 
-def review_cam_png(
-    *,
-    study: Study,
-    model_version: ModelVersion,
-    query_slice: Slice,
-    reference_slice: Slice,
-    side: str,
-) -> bytes:
-    """PNG of the similarity CAM of `side` ("query": over the query slice, towards the
-    reference slice; "reference": the other way round), from the cache or computed now."""
-    if side not in CAM_SIDES:
-        raise ValueError(f"side must be one of {CAM_SIDES}, got {side!r}")
-    name = review_cam_name(
-        study_id=study.pk,
-        model_version_id=model_version.pk,
-        query_slice_id=query_slice.pk,
-        reference_slice_id=reference_slice.pk,
-        side=side,
+def review_cam_compute(
+    *, study_id: int, model_version_id: int, query_slice_id: int, reference_slice_id: int
+) -> bool:
+    """Worker job: both CAM overlays of a slice pair that the pipeline did not explain, stored
+    under `review_cam_name`. False when both exist already (a repeated job)."""
+    from retrieval.pipeline.runtime import model_image_size, model_load
+    from retrieval.pipeline.stages import cam_pair_png
+
+    names = {
+        side: review_cam_name(
+            study_id=study_id,
+            model_version_id=model_version_id,
+            query_slice_id=query_slice_id,
+            reference_slice_id=reference_slice_id,
+            side=side,
+        )
+        for side in CAM_SIDES
+    }
+    if all(default_storage.exists(n) for n in names.values()):
+        return False
+    model = model_load(model_version=ModelVersion.objects.get(pk=model_version_id))
+    pngs = cam_pair_png(
+        model=model,
+        size=model_image_size(model),
+        query_slice=Slice.objects.get(pk=query_slice_id),
+        reference_slice=Slice.objects.get(pk=reference_slice_id),
     )
+    for side, data in zip(CAM_SIDES, pngs, strict=True):
+        _storage_put(names[side], data)
+    return True
+
+
+def _storage_put(name: str, data: bytes) -> None:
+    """Write `data` under exactly `name` unless it exists (answers are deterministic, so a
+    concurrent writer's file is as good as ours)."""
     if default_storage.exists(name):
-        with default_storage.open(name, "rb") as fh:
-            return fh.read()
-    data = _cam_compute(
-        model_version=model_version,
-        query_slice=query_slice,
-        reference_slice=reference_slice,
-        side=side,
-    )
+        return  # another worker wrote the same answer meanwhile
     saved = default_storage.save(name, ContentFile(data))
-    if saved != name:
-        # Another request computed the same overlay meanwhile: keep one file.
+    if saved != name:  # a concurrent writer got there first: keep one file
         default_storage.delete(saved)
-    return data
 
 
-def _cam_compute(
-    *, model_version: ModelVersion, query_slice: Slice, reference_slice: Slice, side: str
-) -> bytes:
-    from retrieval.engine.cam import overlay_png, similarity_cam
-    from retrieval.pipeline.runtime import model_image_size, model_load, slice_prepare
+def study_live_query_request(
+    *, study: Study, model_version: ModelVersion, k: int, diagnosis_code: str | None
+) -> None:
+    """Ask a worker for the review page's answer to (k, diagnosis) on the current library."""
+    key = f"live-{study.pk}-{model_version.pk}-{k}-{diagnosis_code or ''}"
+    args = (study.pk, model_version.pk, k, diagnosis_code or "")
+    _job_publish(key=key, task="study_live_query", args=args)
 
-    model = model_load(model_version=model_version)
-    size = model_image_size(model)
-    query = slice_prepare(slice_obj=query_slice, size=size)
-    ref = slice_prepare(slice_obj=reference_slice, size=size)
-    if side == "query":
-        return overlay_png(query.image, similarity_cam(model, query, ref))
-    return overlay_png(ref.image, similarity_cam(model, ref, query))
+
+def study_live_query_run(
+    *, study_id: int, model_version_id: int, k: int, diagnosis_code: str = ""
+) -> str:
+    """Worker job: rank the library for the study's stored slice embeddings with another k or
+    a diagnosis filter (`retrieval.pipeline.selectors.study_similar_search`), and store the
+    answer as JSON under `live_query_name` for the library as it is now. Returns the name.
+
+    The answer holds, per case in rank order, (reference case id, score, hits, query slice id,
+    reference slice id) and the votes; `"cases": null` says the study has no stored
+    embeddings for the version (the page then falls back to the stored answer)."""
+    from retrieval.pipeline.selectors import study_similar_search
+
+    study = Study.objects.get(pk=study_id)
+    version = ModelVersion.objects.get(pk=model_version_id)
+    code = diagnosis_code or None
+    # The library as the query sees it: taken before the query, so a case approved meanwhile
+    # makes the page ask again rather than trust an older answer.
+    name = live_query_name(
+        study_id=study_id,
+        model_version_id=model_version_id,
+        k=k,
+        diagnosis_code=code,
+        checksum=library_checksum(model_version=version),
+    )
+    found = study_similar_search(study=study, model_version=version, k=k, diagnosis_code=code)
+    if found is None:
+        answer = {"cases": None, "votes": {}}
+    else:
+        result, meta, query_slice_ids = found
+        answer = {
+            "cases": [
+                [
+                    int(hit.case_id),
+                    float(hit.score),
+                    int(hit.n_hits),
+                    int(query_slice_ids[hit.query_slice_index]),
+                    int(meta[hit.best_slice_id][2]),
+                ]
+                for hit in result.cases
+            ],
+            "votes": {str(c): float(v) for c, v in result.votes.items()},
+        }
+    _storage_put(name, json.dumps(answer).encode())
+    return name
 
 
 def study_retry(*, study: Study, actor) -> None:

@@ -102,7 +102,60 @@ def _stage_task(stage: str):
 study_prepare = _stage_task("prepare")
 study_embed = _stage_task("embed")
 study_retrieve = _stage_task("retrieve")
-study_explain = _stage_task("explain")
+
+# CAM overlays and live queries run after the study is ready, for the review page. A failure
+# leaves the page's "computing" placeholder (it stops polling after a while); the study stays
+# ready, so these tasks never mark it failed.
+CAM_SOFT_LIMIT = 120
+
+
+@shared_task(
+    name="retrieval.tasks.similar_case_explain",
+    soft_time_limit=CAM_SOFT_LIMIT,
+    time_limit=CAM_SOFT_LIMIT + 30,
+    **RETRY,
+)
+def similar_case_explain(similar_case_id: int) -> bool:
+    """CAM overlays of one retrieved case (retrieval.pipeline.stages.similar_case_explain)."""
+    from retrieval.pipeline.stages import similar_case_explain as explain
+
+    return explain(similar_case_id=similar_case_id)
+
+
+@shared_task(
+    name="retrieval.tasks.review_cam_compute",
+    soft_time_limit=CAM_SOFT_LIMIT,
+    time_limit=CAM_SOFT_LIMIT + 30,
+    **RETRY,
+)
+def review_cam_compute(
+    study_id: int, model_version_id: int, query_slice_id: int, reference_slice_id: int
+) -> bool:
+    """CAM overlays of a slice pair of a live query (retrieval.services.review_cam_compute)."""
+    from retrieval.services import review_cam_compute as compute
+
+    return compute(
+        study_id=study_id,
+        model_version_id=model_version_id,
+        query_slice_id=query_slice_id,
+        reference_slice_id=reference_slice_id,
+    )
+
+
+@shared_task(
+    name="retrieval.tasks.study_live_query",
+    soft_time_limit=CAM_SOFT_LIMIT,
+    time_limit=CAM_SOFT_LIMIT + 30,
+    **RETRY,
+)
+def study_live_query(study_id: int, model_version_id: int, k: int, diagnosis_code: str) -> str:
+    """The review page's answer for another k or a diagnosis filter
+    (retrieval.services.study_live_query_run)."""
+    from retrieval.services import study_live_query_run
+
+    return study_live_query_run(
+        study_id=study_id, model_version_id=model_version_id, k=k, diagnosis_code=diagnosis_code
+    )
 
 
 @shared_task(

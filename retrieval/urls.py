@@ -33,6 +33,11 @@ review_urlpatterns = [
         review.review_cam,
         name="review_cam",
     ),
+    path(
+        "studies/<int:pk>/review/live.json",
+        review.review_live_status,
+        name="review_live_status",
+    ),
 ]
 
 api_urlpatterns = [

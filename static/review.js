@@ -2,6 +2,10 @@
 // selecting a result (its radiomics table, its query slice and CAM in the viewer), and the
 // k / diagnosis filter submitting on change. The slice viewer itself is static/viewer.js.
 // Without JavaScript the result links reload the page with ?sel=.
+// CAMs and live queries are computed by workers after the page is served: a CAM URL answers
+// 202 with a transparent placeholder until its overlay is stored, so pending images
+// (data-cam-pending) and the viewer's CAM are polled and swapped in when ready; a (k,
+// diagnosis) choice still being computed polls config.liveStatusUrl and reloads when ready.
 (function () {
   "use strict";
   const configEl = document.getElementById("review-config");
@@ -20,6 +24,55 @@
 
   function camVisible() { return !toggle || toggle.checked; }
 
+  const POLL_MS = 2000;
+  const POLL_TRIES = 90;
+
+  // Calls ready() once `url` answers 200 (polling while it answers 202); gives up quietly.
+  function whenReady(url, ready, tries) {
+    tries = tries === undefined ? POLL_TRIES : tries;
+    fetch(url, { cache: "no-store", credentials: "same-origin" }).then(function (r) {
+      if (r.status === 200) ready();
+      else if (r.status === 202 && tries > 1) {
+        setTimeout(function () { whenReady(url, ready, tries - 1); }, POLL_MS);
+      }
+    }).catch(function () {
+      if (tries > 1) setTimeout(function () { whenReady(url, ready, tries - 1); }, POLL_MS);
+    });
+  }
+
+  function readyUrl(url) { return url + (url.indexOf("?") < 0 ? "?" : "&") + "ready=1"; }
+
+  document.querySelectorAll("img.cam-overlay[data-cam-pending]").forEach(function (img) {
+    const url = img.getAttribute("src");
+    whenReady(url, function () {
+      img.src = readyUrl(url);
+      img.removeAttribute("data-cam-pending");
+      const badge = img.parentNode.querySelector(".cam-computing");
+      if (badge) badge.remove();
+    });
+  });
+
+  config.hits.forEach(function (h) {
+    if (h.camReady) return;
+    whenReady(h.queryCam, function () {
+      h.camReady = true;
+      h.queryCam = readyUrl(h.queryCam);
+      updateViewerCam();
+    });
+  });
+
+  if (config.liveStatusUrl) {
+    (function poll(tries) {
+      fetch(config.liveStatusUrl, { cache: "no-store", credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (body) {
+          if (body.ready) window.location.reload();
+          else if (tries > 1) setTimeout(function () { poll(tries - 1); }, POLL_MS);
+        })
+        .catch(function () { if (tries > 1) setTimeout(function () { poll(tries - 1); }, POLL_MS); });
+    })(POLL_TRIES);
+  }
+
   function applyOpacity() {
     const value = opacity ? parseInt(opacity.value, 10) / 100 : 0.6;
     document.querySelectorAll(".cam-overlay").forEach(function (img) {
@@ -37,15 +90,17 @@
   function updateViewerCam() {
     if (!viewerCam) return;
     const hit = hits.get(selected);
-    const show = hit && hit.querySlice === currentSlice() && camVisible();
-    if (hit && viewerCam.dataset.src !== hit.queryCam) {
+    const show = hit && hit.camReady && hit.querySlice === currentSlice() && camVisible();
+    if (hit && hit.camReady && viewerCam.dataset.src !== hit.queryCam) {
       viewerCam.dataset.src = hit.queryCam;
       viewerCam.src = hit.queryCam;
     }
     viewerCam.hidden = !show;
     if (hint && hit) {
       const i = slices.indexOf(hit.querySlice);
-      hint.textContent = show
+      hint.textContent = !hit.camReady
+        ? "CAM of result #" + hit.rank + " is being computed…"
+        : show
         ? "CAM of result #" + hit.rank + " on this slice."
         : "CAM of result #" + hit.rank + " is on slice " + (i + 1) + ".";
     }

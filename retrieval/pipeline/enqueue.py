@@ -44,8 +44,9 @@ from retrieval.models import ModelVersion, StudyJob
 
 logger = logging.getLogger(__name__)
 
-# The stages of a run, in order; each is the task `retrieval.tasks.study_<stage>`.
-STAGES = ("prepare", "embed", "retrieve", "explain")
+# The stages of a run, in order; each is the task `retrieval.tasks.study_<stage>`. The study is
+# ready after `retrieve`; CAMs follow as separate jobs (`retrieval.pipeline.stages`).
+STAGES = ("prepare", "embed", "retrieve")
 TASKS_MODULE = "retrieval.tasks"
 
 
@@ -250,7 +251,7 @@ def _job_id(study_id: int) -> int | None:
 
 
 def study_pipeline_signature(*, study_id: int, run_id: str):
-    """The chain prepare -> embed -> retrieve -> explain of one run of a study."""
+    """The chain prepare -> embed -> retrieve of one run of a study."""
     return chain(
         *(task_signature(f"study_{stage}", study_id, run_id, immutable=True) for stage in STAGES)
     )

@@ -1,4 +1,4 @@
-"""Processing of an uploaded study: prepare -> embed -> retrieve -> explain.
+"""Processing of an uploaded study: prepare -> embed -> retrieve, then CAMs in the background.
 
 Each stage is a service taking `study_id` and `run_id` and is run by its own Celery task
 (`retrieval.tasks.study_<stage>`, sent by `retrieval.pipeline.enqueue`), so the heavy parts can
@@ -10,16 +10,20 @@ go to the `gpu` queue:
   the cpu queue instead of occupying a GPU worker.
 - embed (gpu queue): backbone + GeM deep features and the fusion head -> `SliceFeatures.embedding`
   for slices with enough lung (`ILDREVIEW_MIN_LUNG_FRACTION`).
-- retrieve (cpu queue): incremental index sync + `rank_cases` -> `StudyResult` + `SimilarCase`.
-- explain (gpu queue): similarity CAM of the best slice pair of every retrieved case, saved as
-  PNG overlays with deterministic names (written through `_media_write`), then the study
-  becomes ready_for_review (`enqueue.study_finish`).
+- retrieve (cpu queue): incremental index sync + `rank_cases` -> `StudyResult` + `SimilarCase`;
+  the study becomes ready_for_review (`enqueue.study_finish`) at once, and one CAM job per
+  retrieved case is published, best rank first (`retrieval.tasks.similar_case_explain`).
+- explain (gpu queue, one task per similar case, after the study is ready): similarity CAM of
+  the case's best slice pair, saved as PNG overlays with deterministic names (written through
+  `_media_write`) and recorded on the `SimilarCase`. The review page shows a "computing"
+  placeholder until then. CAMs were the largest stage; first results no longer wait for them.
 
 Idempotency: every write is keyed by unique fields (`update_or_create` on (slice, version);
 results deleted and re-created in one transaction; CAM files written under fixed names after
 removing the old ones), so re-running a stage after a crash gives the same rows and files.
 A stage whose `run_id` is no longer the study's current run (a message redelivered after a
-worker died, when the study was already re-enqueued) does nothing and returns False.
+worker died, when the study was already re-enqueued) does nothing and returns False; a CAM job
+whose similar case was deleted (a newer run replaced the result) does nothing either.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from cases.models import Diagnosis, ReferenceCase, Slice, Study
 from retrieval.engine.radiomics import MAIN_FEATURES
 from retrieval.models import ModelVersion, SimilarCase, SliceFeatures, StudyJob, StudyResult
 from retrieval.pipeline import progress as prog
-from retrieval.pipeline.enqueue import STAGES, study_finish
+from retrieval.pipeline.enqueue import STAGES, study_finish, task_publish
 from retrieval.pipeline.runtime import (
     PipelineDataError,
     model_image_size,
@@ -259,8 +263,23 @@ def study_retrieve(*, study_id: int, run_id: str) -> bool:
             ]
         )
     progress(1, 1, force=True)
-    prog.stage_done(study_id=study_id, run_id=run_id)
-    return True
+    finished = study_finish(study_id=study_id, run_id=run_id)
+    if finished:
+        case_ids = list(sr.cases.order_by("rank").values_list("pk", flat=True))
+        transaction.on_commit(lambda: similar_cases_explain_publish(similar_case_ids=case_ids))
+    return finished
+
+
+def similar_cases_explain_publish(*, similar_case_ids: list[int]) -> None:
+    """Send one CAM job per similar case, in the order given (best rank first)."""
+    for pk in similar_case_ids:
+        try:
+            task_publish("similar_case_explain", pk)
+        except Exception:
+            if settings.CELERY_TASK_ALWAYS_EAGER:
+                raise  # eager mode ran the job here: this is its own error
+            # The results stand; the review page sends the job again when it asks for the CAM.
+            logger.exception("similar case %s: CAM job not sent to the broker", pk)
 
 
 def cam_name(*, study_id: int, model_version_id: int, rank: int, side: str) -> str:
@@ -294,41 +313,53 @@ def _media_write(name: str, data: bytes) -> str:
     return saved
 
 
-def study_explain(*, study_id: int, run_id: str) -> bool:
-    """Stage 4: CAM overlays for the best slice pair of each retrieved case; then the study is
-    ready for review."""
+def cam_pair_png(*, model, size: int, query_slice: Slice, reference_slice: Slice):
+    """PNG overlays (query side, reference side) of the similarity CAM of one slice pair: over
+    the query slice towards the reference slice, and the other way round."""
     from retrieval.engine.cam import overlay_png, similarity_cam
 
-    job = _current_job(study_id=study_id, run_id=run_id)
-    if job is None:
+    query = slice_prepare(slice_obj=query_slice, size=size)
+    ref = slice_prepare(slice_obj=reference_slice, size=size)
+    q_png = overlay_png(query.image, similarity_cam(model, query, ref))
+    r_png = overlay_png(ref.image, similarity_cam(model, ref, query))
+    return q_png, r_png
+
+
+def similar_case_explain(*, similar_case_id: int) -> bool:
+    """CAM overlays of one retrieved case's best slice pair (a worker job sent by the retrieve
+    stage, or by the review page when a CAM is missing). Returns False when there is nothing
+    to do: the case is gone (a newer run replaced the result) or both files exist already."""
+    case = (
+        SimilarCase.objects.select_related("result", "query_slice", "reference_slice")
+        .filter(pk=similar_case_id)
+        .first()
+    )
+    if case is None:
         return False
-    version = _job_model_version(job)
-    progress = prog.stage_start(job=job, stage="explain")
-    model = model_load(model_version=version)
-    size = model_image_size(model)
-    result = StudyResult.objects.filter(study_id=study_id, model_version=version).first()
-    if result is None:
-        raise PipelineDataError(f"study {study_id}: no stored result to explain (retrieve first)")
-    cases = list(result.cases.select_related("query_slice", "reference_slice"))
-    for i, case in enumerate(cases):
-        query = slice_prepare(slice_obj=case.query_slice, size=size)
-        ref = slice_prepare(slice_obj=case.reference_slice, size=size)
-        q_png = overlay_png(query.image, similarity_cam(model, query, ref))
-        r_png = overlay_png(ref.image, similarity_cam(model, ref, query))
-        names = {}
-        for side, data in (("query", q_png), ("reference", r_png)):
-            name = cam_name(
-                study_id=study_id, model_version_id=version.pk, rank=case.rank, side=side
-            )
-            names[side] = _media_write(name, data)
-        SimilarCase.objects.filter(pk=case.pk).update(
-            query_cam=names["query"], reference_cam=names["reference"]
+    if case.query_cam and case.reference_cam:
+        return False
+    result = case.result
+    model = model_load(model_version=result.model_version)
+    q_png, r_png = cam_pair_png(
+        model=model,
+        size=model_image_size(model),
+        query_slice=case.query_slice,
+        reference_slice=case.reference_slice,
+    )
+    names = {}
+    for side, data in (("query", q_png), ("reference", r_png)):
+        name = cam_name(
+            study_id=result.study_id,
+            model_version_id=result.model_version_id,
+            rank=case.rank,
+            side=side,
         )
-        progress(i + 1, len(cases))
-    return study_finish(study_id=study_id, run_id=run_id)
+        names[side] = _media_write(name, data)
+    SimilarCase.objects.filter(pk=case.pk).update(
+        query_cam=names["query"], reference_cam=names["reference"]
+    )
+    return True
 
 
 # The service of each stage, in the order of `enqueue.STAGES` (the tasks' chain).
-STAGE_SERVICES = dict(
-    zip(STAGES, (study_prepare, study_embed, study_retrieve, study_explain), strict=True)
-)
+STAGE_SERVICES = dict(zip(STAGES, (study_prepare, study_embed, study_retrieve), strict=True))

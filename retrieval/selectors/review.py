@@ -1,33 +1,42 @@
 """Reads of the review page: the similar cases of a study for a chosen k and diagnosis, the
-vote distribution, and the radiomics side-by-side rows.
+vote distribution, the radiomics side-by-side rows, and whether each CAM overlay is ready.
 
-The pipeline stores one answer per study (top `ILDREVIEW_RESULTS_TOP_K`, no filter, with CAM
-overlays). Another k, or a diagnosis filter that must still return k cases of that diagnosis
-when the library has them, needs a fresh query: it runs on the study's stored slice embeddings
-(`SliceFeatures.embedding`) against the live index (`retrieval.pipeline.selectors.
-study_similar_search`), so no network runs in the web process. Results of such live queries
-that are not among the stored ones get their CAM from `retrieval.services.review_cam_png`.
+The pipeline stores one answer per study (top `ILDREVIEW_RESULTS_TOP_K`, no filter; CAM overlays
+follow from worker jobs). Another k, or a diagnosis filter that must still return k cases of
+that diagnosis when the library has them, needs a fresh query. A worker runs it
+(`retrieval.services.study_live_query_run`) on the study's stored slice embeddings and stores
+the answer under a name keyed by (k, diagnosis, library checksum); these selectors only read
+that file, so no model and no index is ever loaded in the web process. Until it exists the
+results are `pending` (the page shows "computing" and polls); a case approved or removed
+since changes the checksum, so the page asks again instead of showing an outdated answer.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db.models import Count, Max, Sum
 from django.http import Http404
+from django.utils.text import slugify
 
 from cases.models import Diagnosis, ReferenceCase, Study
 from cases.permissions import can_view_study
 from retrieval.engine.radiomics import MAIN_FEATURES
-from retrieval.models import ModelVersion, SimilarCase, SliceFeatures, StudyResult
-from retrieval.pipeline.selectors import (
-    similar_case_list,
-    study_result_get,
-    study_similar_search,
+from retrieval.models import (
+    ModelVersion,
+    ReferenceEmbedding,
+    SimilarCase,
+    SliceFeatures,
+    StudyResult,
 )
+from retrieval.pipeline.selectors import similar_case_list, study_result_get
 
 K_CHOICES = (4, 8, 12, 16, 24)
 K_MAX = max(K_CHOICES)
+CAM_SIDES = ("query", "reference")
 
 _CLASS_NAMES = {
     "firstorder": "First order",
@@ -79,6 +88,7 @@ class ReviewHit:
     query_slice_id: int
     reference_slice_id: int
     radiomics: list[RadiomicsRow] = field(default_factory=list)
+    cam_ready: bool = False  # both CAM overlays are stored (else the page shows "computing")
 
     @property
     def diagnosis(self) -> Diagnosis:
@@ -108,6 +118,7 @@ class ReviewResults:
     key_slice_id: int | None
     live: bool = False
     library_count: int | None = None  # approved cases of the filtered diagnosis
+    pending: bool = False  # a worker is asked for this (k, diagnosis); no hits yet
 
     @property
     def fewer_than_k(self) -> bool:
@@ -166,36 +177,112 @@ def _stored_hits(cases: list[SimilarCase]) -> list[ReviewHit]:
             n_hits=c.n_hits,
             query_slice_id=c.query_slice_id,
             reference_slice_id=c.reference_slice_id,
+            cam_ready=bool(c.query_cam and c.reference_cam),
         )
         for c in cases
     ]
 
 
-def _live_hits(*, study: Study, model_version: ModelVersion, k: int, code: str | None):
-    """Hits of a fresh query and its (unfiltered) votes; None when the study has no stored
-    embeddings for the version (processed before embeddings were kept, or not yet embedded)."""
-    found = study_similar_search(study=study, model_version=model_version, k=k, diagnosis_code=code)
-    if found is None:
+def review_cam_name(
+    *, study_id: int, model_version_id: int, query_slice_id: int, reference_slice_id: int, side: str
+) -> str:
+    """Media name of an on-demand CAM overlay (outside the pipeline's `results/` folder, whose
+    files the explain jobs own)."""
+    return (
+        f"review-cams/{study_id}/{model_version_id}/"
+        f"q{query_slice_id}-r{reference_slice_id}-{side}.png"
+    )
+
+
+def library_checksum(*, model_version: ModelVersion) -> tuple[int, int, int]:
+    """(count, max id, id sum) of the version's library embeddings: one aggregate query that
+    changes whenever a case is embedded or removed (the live index's own sync key)."""
+    agg = ReferenceEmbedding.objects.filter(model_version=model_version).aggregate(
+        n=Count("id"), mx=Max("id"), s=Sum("id")
+    )
+    return (agg["n"] or 0, agg["mx"] or 0, int(agg["s"] or 0))
+
+
+def live_query_name(
+    *,
+    study_id: int,
+    model_version_id: int,
+    k: int,
+    diagnosis_code: str | None,
+    checksum: tuple[int, int, int],
+) -> str:
+    """Media name of a worker's answer to (k, diagnosis) for the library `checksum`; under the
+    result's folder, so a new run of the study deletes it with the old result."""
+    label = slugify(diagnosis_code) if diagnosis_code else "all"
+    n, mx, total = checksum
+    return f"results/{study_id}/{model_version_id}/live-k{k:02d}-{label}-{n}-{mx}-{total}.json"
+
+
+def _live_answer(*, study: Study, model_version: ModelVersion, k: int, code: str | None):
+    """The stored worker answer for (k, code) on the current library, or None (not yet)."""
+    name = live_query_name(
+        study_id=study.pk,
+        model_version_id=model_version.pk,
+        k=k,
+        diagnosis_code=code,
+        checksum=library_checksum(model_version=model_version),
+    )
+    try:
+        with default_storage.open(name, "rb") as fh:
+            return json.loads(fh.read())
+    except (FileNotFoundError, ValueError):  # not written yet, or being written
         return None
-    query_result, meta, query_slice_ids = found
-    ids = [c.case_id for c in query_result.cases]
-    cases = ReferenceCase.objects.select_related("diagnosis", "study__patient").in_bulk(ids)
+
+
+def _live_hits(answer: dict) -> list[ReviewHit]:
+    """Hits of a worker's live answer; cases deleted since are left out."""
+    rows = answer["cases"]
+    cases = ReferenceCase.objects.select_related("diagnosis", "study__patient").in_bulk(
+        [r[0] for r in rows]
+    )
     hits = []
-    for rank, hit in enumerate(query_result.cases, start=1):
-        rc = cases.get(hit.case_id)
-        if rc is None:  # retired and deleted between the index sync and now
+    for rank, (case_id, score, n_hits, query_slice_id, reference_slice_id) in enumerate(
+        rows, start=1
+    ):
+        rc = cases.get(case_id)
+        if rc is None:  # retired and deleted between the query and now
             continue
         hits.append(
             ReviewHit(
                 rank=rank,
                 reference_case=rc,
-                score=float(hit.score),
-                n_hits=int(hit.n_hits),
-                query_slice_id=query_slice_ids[hit.query_slice_index],
-                reference_slice_id=meta[hit.best_slice_id][2],
+                score=float(score),
+                n_hits=int(n_hits),
+                query_slice_id=query_slice_id,
+                reference_slice_id=reference_slice_id,
             )
         )
-    return hits, dict(query_result.votes)
+    return hits
+
+
+def _cams_mark_ready(*, hits: list[ReviewHit], study: Study, result: StudyResult) -> None:
+    """Set `cam_ready` of live hits: stored with the result's case of that pair, or on demand."""
+    stored = {
+        (q, r)
+        for q, r, qc, rc in result.cases.values_list(
+            "query_slice_id", "reference_slice_id", "query_cam", "reference_cam"
+        )
+        if qc and rc
+    }
+    for hit in hits:
+        pair = (hit.query_slice_id, hit.reference_slice_id)
+        hit.cam_ready = pair in stored or all(
+            default_storage.exists(
+                review_cam_name(
+                    study_id=study.pk,
+                    model_version_id=result.model_version_id,
+                    query_slice_id=pair[0],
+                    reference_slice_id=pair[1],
+                    side=side,
+                )
+            )
+            for side in CAM_SIDES
+        )
 
 
 def study_review_results(
@@ -230,17 +317,20 @@ def study_review_results(
     )
     votes = dict(result.votes or {})
     suggested = result.suggested_diagnosis
-    live = False
+    live = pending = False
     if code is None and k <= len(stored):
         hits = _stored_hits(stored[:k])
     else:
-        found = _live_hits(study=study, model_version=version, k=k, code=code)
-        if found is not None:
-            hits, live_votes = found
+        answer = _live_answer(study=study, model_version=version, k=k, code=code)
+        if answer is None:
+            hits, pending = [], True
+        elif answer["cases"] is not None:
+            hits = _live_hits(answer)
             live = True
+            _cams_mark_ready(hits=hits, study=study, result=result)
             if code is None:
-                votes = live_votes
-                suggested = _suggested(live_votes) or suggested
+                votes = dict(answer["votes"])
+                suggested = _suggested(votes) or suggested
         else:
             # No stored embeddings to query with: the best we have is the stored answer.
             pick = [c for c in stored if code is None or c.reference_case.diagnosis.code == code]
@@ -270,6 +360,7 @@ def study_review_results(
         key_slice_id=result.key_slice_id,
         live=live,
         library_count=library_count,
+        pending=pending,
     )
 
 

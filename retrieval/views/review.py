@@ -23,9 +23,30 @@ from retrieval.forms import ReviewFilterForm
 from retrieval.pipeline.progress import study_queue_get
 from retrieval.pipeline.runtime import PipelineDataError
 from retrieval.pipeline.selectors import study_result_get
-from retrieval.selectors.review import K_CHOICES, stored_cam_name, study_review_results
-from retrieval.services import CAM_SIDES, review_cam_png
+from retrieval.selectors.review import (
+    CAM_SIDES,
+    K_CHOICES,
+    review_cam_name,
+    stored_cam_name,
+    study_review_results,
+)
+from retrieval.services import review_cam_request, study_live_query_request
 from retrieval.services import study_retry as study_retry_service
+
+
+def _cam_pending_png() -> bytes:
+    """What a CAM URL answers (with 202) while a worker computes the overlay: a transparent
+    PNG, a valid image (no broken-image icon) that the page's script replaces when ready."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+CAM_PENDING_PNG = _cam_pending_png()
 
 FINISHED = (Study.Status.READY_FOR_REVIEW, Study.Status.REVIEWED)
 
@@ -64,11 +85,7 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
     study = selectors.study_get_visible(user=request.user, pk=pk)
     diagnoses = list(selectors.diagnosis_list())
     form = ReviewFilterForm(request.GET or None, diagnoses=diagnoses)
-    results = study_review_results(
-        study=study,
-        k=form.value("k"),
-        diagnosis_code=form.value("diagnosis"),
-    )
+    results = _review_results(study=study, k=form.value("k"), code=form.value("diagnosis"))
     hits = results.hits
     wanted = form.value("sel")
     selected = next((h for h in hits if h.rank == wanted), hits[0] if hits else None)
@@ -90,6 +107,10 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
     for h in hits:
         h.query_cam_url = cam_urls[h.rank]["query"]
         h.reference_cam_url = cam_urls[h.rank]["reference"]
+    live_status_url = None
+    if results.pending:
+        live_status_url = reverse("cases:review_live_status", args=[study.pk])
+        live_status_url += "?" + request.GET.urlencode()
     progress = progress_payload(study=study, user=request.user)
     return render(
         request,
@@ -115,12 +136,40 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
                         "rank": h.rank,
                         "querySlice": h.query_slice_id,
                         "queryCam": cam_urls[h.rank]["query"],
+                        "camReady": h.cam_ready,
                     }
                     for h in hits
                 ],
+                "liveStatusUrl": live_status_url,
             },
         },
     )
+
+
+def _review_results(*, study: Study, k, code):
+    """The page's results; for a (k, diagnosis) no worker has answered yet, ask one. In eager
+    mode (tests, development without a broker) the job has run by then: read again."""
+    results = study_review_results(study=study, k=k, diagnosis_code=code)
+    if results.pending:
+        study_live_query_request(
+            study=study,
+            model_version=results.model_version,
+            k=results.k,
+            diagnosis_code=results.diagnosis.code if results.diagnosis else None,
+        )
+        results = study_review_results(study=study, k=k, diagnosis_code=code)
+    return results
+
+
+@require_GET
+def review_live_status(request: HttpRequest, pk: int) -> JsonResponse:
+    """{"ready": bool} for the page's (k, diagnosis) choice (polled while it is computed)."""
+    study = selectors.study_get_visible(user=request.user, pk=pk)
+    form = ReviewFilterForm(request.GET or None, diagnoses=list(selectors.diagnosis_list()))
+    results = _review_results(study=study, k=form.value("k"), code=form.value("diagnosis"))
+    response = JsonResponse({"ready": not results.pending})
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @require_GET
@@ -151,8 +200,8 @@ def study_retry(request: HttpRequest, pk: int) -> HttpResponse:
 def review_cam(
     request: HttpRequest, pk: int, query_slice: int, reference_slice: int, side: str
 ) -> HttpResponse:
-    """PNG CAM overlay of one (query slice, reference slice) pair of the study: the file the
-    pipeline stored, or one computed now and cached (live queries)."""
+    """PNG CAM overlay of one (query slice, reference slice) pair of the study: the stored
+    file, else 202 with a placeholder PNG while a worker is asked to compute it."""
     if side not in CAM_SIDES:
         raise Http404("No such overlay.")
     study = selectors.study_get_visible(user=request.user, pk=pk)
@@ -160,27 +209,40 @@ def review_cam(
     if query.series.study_id != study.pk:
         raise Http404("No such slice in this study.")
     reference = selectors.slice_get_visible(user=request.user, pk=reference_slice)
-    name = stored_cam_name(
-        study=study, query_slice_id=query.pk, reference_slice_id=reference.pk, side=side
-    )
-    if name and default_storage.exists(name):
-        response = FileResponse(default_storage.open(name, "rb"), content_type="image/png")
-    else:
-        result = study_result_get(study=study)
-        if result is None:
-            raise Http404("This study has no results yet.")
+    result = study_result_get(study=study)
+    if result is None:
+        raise Http404("This study has no results yet.")
+    names = [
+        stored_cam_name(
+            study=study, query_slice_id=query.pk, reference_slice_id=reference.pk, side=side
+        ),
+        review_cam_name(
+            study_id=study.pk,
+            model_version_id=result.model_version_id,
+            query_slice_id=query.pk,
+            reference_slice_id=reference.pk,
+            side=side,
+        ),
+    ]
+    name = next((n for n in names if n and default_storage.exists(n)), None)
+    if name is None:
         try:
-            body = review_cam_png(
+            review_cam_request(
                 study=study,
                 model_version=result.model_version,
-                query_slice=query,
-                reference_slice=reference,
-                side=side,
+                query_slice_id=query.pk,
+                reference_slice_id=reference.pk,
             )
         except PipelineDataError as exc:
-            # The model artefact or a slice file is missing: no overlay, the page still works.
+            # Eager mode only (the job ran here): the model artefact or a slice file is missing.
             return HttpResponse(str(exc), status=404, content_type="text/plain")
-        response = HttpResponse(body, content_type="image/png")
+        name = next((n for n in names if n and default_storage.exists(n)), None)
+    if name is None:
+        response = HttpResponse(CAM_PENDING_PNG, status=202, content_type="image/png")
+        response["Retry-After"] = "2"
+        response["Cache-Control"] = "no-store"
+        return response
+    response = FileResponse(default_storage.open(name, "rb"), content_type="image/png")
     # Patient data: the browser may keep it, shared caches must not.
     response["Cache-Control"] = "private, max-age=600"
     return response

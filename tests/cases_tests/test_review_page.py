@@ -464,3 +464,54 @@ def test_study_page_and_worklist_link_to_the_review_page_and_poll_progress(
     assert worklist.count('data-testid="review-link"') == 1  # only the study with results
     assert worklist.count("data-progress-url=") == 3
     assert "progress.js" in worklist
+
+
+def test_web_requests_load_no_model_and_build_no_index(
+    client, clinician, query_study, library, monkeypatch
+):
+    """The review page, a filtered view with another k, its status poll and the CAM URLs all
+    answer with every model loader and index builder made to fail: the web side only reads
+    what workers stored and sends jobs (recorded here, as a broker with no worker would)."""
+    from retrieval.engine import index as engine_index
+    from retrieval.engine.artefact import RetrievalModel
+    from retrieval.pipeline import enqueue, runtime
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model or an index in a web request")
+
+    monkeypatch.setattr(runtime, "model_load", forbidden)
+    monkeypatch.setattr(RetrievalModel, "load", forbidden)
+    monkeypatch.setattr(index_store, "index_sync", forbidden)
+    monkeypatch.setattr(engine_index, "build_index", forbidden)
+    monkeypatch.setattr(engine_index, "load_index", forbidden)
+    jobs = []
+    monkeypatch.setattr(enqueue, "task_publish", lambda short, *args: jobs.append(short))
+    client.force_login(clinician)
+
+    assert review(client, query_study).status_code == 200
+    filtered = review(client, query_study, diagnosis="ipf-ild", k=8)
+    assert filtered.status_code == 200
+    assert filtered.context["results"].pending and not filtered.context["hits"]
+    assert 'data-testid="results-computing"' in filtered.content.decode()
+    assert filtered.context["review_config"]["liveStatusUrl"]
+    poll = client.get(
+        reverse("cases:review_live_status", args=[query_study.pk]), {"diagnosis": "ipf-ild", "k": 8}
+    )
+    assert poll.json() == {"ready": False}
+
+    stored = SimilarCase.objects.get(result__study=query_study, rank=1)
+    SimilarCase.objects.filter(result__study=query_study, rank=2).update(
+        query_cam="", reference_cam=""
+    )
+    missing = SimilarCase.objects.get(result__study=query_study, rank=2)
+    _normal, ipf = library
+    other_pair = (query_study.slices[0].pk, ipf[0].study.series.get().slices.get().pk)
+    pairs = [
+        (stored.query_slice_id, stored.reference_slice_id, 200),
+        (missing.query_slice_id, missing.reference_slice_id, 202),
+        (*other_pair, 202),
+    ]
+    for q, r, expected in pairs:
+        url = reverse("cases:review_cam", args=[query_study.pk, q, r, "reference"])
+        assert client.get(url).status_code == expected
+    assert set(jobs) == {"study_live_query", "similar_case_explain", "review_cam_compute"}

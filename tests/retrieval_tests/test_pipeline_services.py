@@ -91,10 +91,12 @@ def test_rerunning_every_stage_of_a_run_creates_no_duplicate_rows_or_files(
         ),
         "files": _media_files(f"results/{study.pk}"),
     }
-    # A worker died after the last stage but before the ack: the same run is replayed.
+    # A worker died after the last stage but before the ack: the same run is replayed (with
+    # the CAM jobs that the retrieve stage publishes on commit).
     Study.objects.filter(pk=study.pk).update(status=Study.Status.PROCESSING)
-    for stage in pipeline_stages.STAGES:
-        assert pipeline_stages.STAGE_SERVICES[stage](study_id=study.pk, run_id=job.run_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        for stage in pipeline_stages.STAGES:
+            assert pipeline_stages.STAGE_SERVICES[stage](study_id=study.pk, run_id=job.run_id)
     after = {
         "features": SliceFeatures.objects.filter(slice__series__study=study).count(),
         "results": StudyResult.objects.filter(study=study).count(),

@@ -27,7 +27,10 @@ def test_network_stages_go_to_the_gpu_queue_and_the_rest_to_cpu():
     assert _queue("retrieval.tasks.study_prepare") == "cpu"
     assert _queue("retrieval.tasks.study_embed") == "gpu"
     assert _queue("retrieval.tasks.study_retrieve") == "cpu"
-    assert _queue("retrieval.tasks.study_explain") == "gpu"
+    # CAMs are jobs of their own after the study is ready (the explain stage left the chain).
+    assert _queue("retrieval.tasks.similar_case_explain") == "gpu"
+    assert _queue("retrieval.tasks.review_cam_compute") == "gpu"
+    assert _queue("retrieval.tasks.study_live_query") == "cpu"
     assert _queue("retrieval.tasks.reference_case_sync") == "gpu"
     assert _queue("retrieval.tasks.model_version_train") == "gpu"
     assert _queue("retrieval.tasks.stale_jobs_requeue") == "cpu"
