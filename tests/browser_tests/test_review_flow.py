@@ -119,12 +119,15 @@ def wait_for_results(page, stack, study_pk: int) -> float:
 
 
 def assert_cam_images_load(page) -> int:
-    """Every result's CAM overlay and the query's CAM overlay are loaded images."""
+    """Every result's CAM overlay and the query's CAM overlay are loaded images. CAMs follow
+    the results (worker jobs): a "computing" placeholder (data-cam-pending) is not enough."""
     page.wait_for_function(
         """() => {
           const imgs = [...document.querySelectorAll('img[data-testid=reference-cam]')];
           const q = document.getElementById('viewer-cam');
-          return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)
+          return imgs.length > 0
+            && imgs.every(i => !i.hasAttribute('data-cam-pending') && i.complete
+                               && i.naturalWidth > 8)
             && q && !q.hidden && q.complete && q.naturalWidth > 0;
         }""",
         timeout=60_000,
@@ -225,9 +228,11 @@ def test_clinician_upload_expert_review_approval_and_retrieval_of_the_approved_c
     # The diagnosis filter returns the approved case alone (the only case of its diagnosis).
     page.select_option("#filter-diagnosis", label=CORRECTED)
     page.wait_for_url(re.compile(r"diagnosis=dm-rp-ild"))
+    # A worker answers the filtered query; the page shows "computing" and reloads when ready.
+    page.wait_for_selector("[data-testid=result]", timeout=60_000)
     assert page.locator("[data-testid=result]").count() == 1
     assert page.locator(f"[data-reference-case='{reference.pk}']").count() == 1
-    assert_cam_images_load(page)  # computed on demand when the pair was not stored
+    assert_cam_images_load(page)  # a worker job when the pair was not stored
     screenshot(page, "review-clinician-A0002-filtered.png")
     assert csp_violations == []
     context.close()
