@@ -6,7 +6,10 @@
     faiss-hnsw  faiss-cpu HNSW graph (inner product on unit vectors)
 
 `build_index(backend, dim=..., seed=..., **params)` makes an empty index, `load_index(path)`
-reads one written by `index.save(path)`. See base.py for the shared semantics (cosine scores,
+reads one written by `index.save(path)`. `tune.build_tuned_index("lsh", ids, vectors)` builds the
+app's default: LSH with tables, bits and probes chosen from the library to reach a target recall
+on held-out library vectors, or the exact / faiss-hnsw fallback, with `index.build_info` saying
+which and why. See base.py for the shared semantics (cosine scores,
 upsert, -1 padding) and each backend's module for its parameters.
 """
 

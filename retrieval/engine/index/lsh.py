@@ -38,8 +38,10 @@ import numpy as np
 from .base import EMPTY, RowStore, VectorIndex, as_ids, as_vectors, empty_result, topk_rows
 from .exact import _vectors_by_id, exact_topk
 
-# Tuned on clustered synthetic data (spread 0.5) at N = 1,000,000, dim 128: recall@10 0.977
-# against exact with ~2,500 re-ranked candidates per query (benchmarks/index_bench.py).
+# Parameters of an LSH built without tuning (`build_index("lsh")`). They gave recall@10 0.977 on
+# clustered synthetic data (spread 0.5) at N = 1,000,000, dim 128, but 0.60 on a less clustered
+# mixture (spread 0.75) at 200k: the app builds through `tune.build_tuned_index`, which picks
+# tables, bits and probes from the library for a target recall (docs/performance.md).
 DEFAULT_TABLES = 24
 DEFAULT_BITS = 18
 DEFAULT_PROBES = 256
