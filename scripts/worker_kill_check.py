@@ -11,9 +11,10 @@ real database, no eager mode.
 4. A worker (`celery -A ildreview worker -Q gpu,cpu`) is started; with --kill, as soon as a
    stage is running it is killed with SIGKILL (its whole process group) and started again
    under the same name.
-5. Waits until every study is ready_for_review, then checks: one StudyResult per study, ranks
-   1..k unique, SliceFeatures once per slice, exactly two CAM files per similar case on disk and
-   no other file under results/.
+5. Waits until every study is ready_for_review and every CAM job has stored its overlays (they
+   follow the results), then checks: one StudyResult per study, ranks 1..k unique,
+   SliceFeatures once per slice, exactly two CAM files per similar case on disk and no other
+   file under results/.
 
 Prints a report (and --json FILE); exit status 0 only if every check passed.
 
@@ -204,6 +205,10 @@ def run(args, worker: WorkerProcess) -> dict:
         if killed is None:
             return {"ok": False, "error": "no stage was seen running; nothing was killed"}
         worker.start()  # same name: it re-enqueues what its dead incarnation was running
+    from django.db.models import Q
+
+    from retrieval.models import SimilarCase
+
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         statuses = dict(Study.objects.filter(pk__in=studies).values_list("pk", "status"))
@@ -211,11 +216,21 @@ def run(args, worker: WorkerProcess) -> dict:
             break
         time.sleep(0.5)
     elapsed = time.perf_counter() - t_start
+    # CAMs follow the results as jobs of their own: wait for them too.
+    while time.monotonic() < deadline:
+        missing = SimilarCase.objects.filter(result__study_id__in=studies).filter(
+            Q(query_cam="") | Q(reference_cam="")
+        )
+        if not missing.exists():
+            break
+        time.sleep(0.5)
+    cams_s = time.perf_counter() - t_start
     out = checks(studies=studies, version=version)
     out.update(
         {
             "killed": killed,
             "seconds_to_all_done": round(elapsed, 1),
+            "seconds_to_all_cams": round(cams_s, 1),
             "setup_seconds": round(setup_s, 1),
             "attempts": dict(
                 StudyJob.objects.filter(study_id__in=studies).values_list("study_id", "attempts")

@@ -3,7 +3,7 @@
 Django side of the retrieval engine (`retrieval/engine/`, Django-free). Modules:
 - `enqueue`: the study's status machine (the pipeline's one writer of `Study.status`), its job, and
   publishing the tasks by name (never importing `retrieval.tasks`);
-- `stages`: the stage services of a study (prepare, embed, retrieve, explain);
+- `stages`: the stage services of a study (prepare, embed, retrieve) and its CAM jobs;
 - `reference`: keeping `ReferenceEmbedding` rows in step with the approved library and model
   versions (approve/retire sync, re-embed on activation, bootstrap of a first model);
 - `index_store`: each worker process's in-memory vector index, synchronised incrementally;

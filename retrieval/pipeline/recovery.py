@@ -18,6 +18,8 @@ back. So workers also recover on their own:
   normally the end of a run sends the next one on commit, but a process that died right
   after that commit, or a database error then, would leave them waiting forever. A lost run
   re-enqueued above keeps its user's slot (it is sent at once, `queued`).
+- CAM jobs of ready studies whose overlays are still missing after
+  `ILDREVIEW_QUEUED_STALE_AFTER_S` are sent again (`stages.cams_missing_resend`).
 
 Re-enqueueing starts a new run (new run_id) under a row lock, so two workers sweeping at once
 re-enqueue a study once, and the old run's message, if it is ever redelivered, is a no-op.
@@ -43,6 +45,7 @@ from retrieval.pipeline.enqueue import (
     run_publish,
     study_enqueue_processing,
 )
+from retrieval.pipeline.stages import cams_missing_resend
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ def stale_jobs_requeue(
     admitted = jobs_admit()
     if admitted:
         logger.warning("sent waiting runs the fair queue admits: %s", admitted)
+    cams_missing_resend(older_than_s=settings.ILDREVIEW_QUEUED_STALE_AFTER_S)
     return requeued + queued + admitted
 
 

@@ -282,6 +282,34 @@ def similar_cases_explain_publish(*, similar_case_ids: list[int]) -> None:
             logger.exception("similar case %s: CAM job not sent to the broker", pk)
 
 
+def cams_missing_resend(*, older_than_s: float) -> list[int]:
+    """Send the CAM job again for similar cases of ready studies still without overlays after
+    `older_than_s` (a job lost with a broker, or never sent: `similar_cases_explain_publish`
+    only logs a refusal); each case at most once per `older_than_s` per process. A repeated
+    job is a no-op (`similar_case_explain`). Called by the recovery sweep; returns the ids."""
+    from datetime import timedelta
+
+    from django.core.cache import cache
+    from django.db.models import Q
+    from django.utils import timezone
+
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    ids = list(
+        SimilarCase.objects.filter(Q(query_cam="") | Q(reference_cam=""))
+        .filter(
+            result__created_at__lt=cutoff,
+            result__study__status__in=(Study.Status.READY_FOR_REVIEW, Study.Status.REVIEWED),
+        )
+        .order_by("result_id", "rank")
+        .values_list("pk", flat=True)
+    )
+    sent = [pk for pk in ids if cache.add(f"ildreview:cam-resend:{pk}", 1, older_than_s)]
+    if sent:
+        logger.warning("CAM jobs sent again for similar cases %s", sent)
+        similar_cases_explain_publish(similar_case_ids=sent)
+    return sent
+
+
 def cam_name(*, study_id: int, model_version_id: int, rank: int, side: str) -> str:
     """Deterministic media name of a CAM overlay, so re-runs overwrite instead of adding."""
     return f"results/{study_id}/{model_version_id}/rank{rank:02d}-{side}.png"

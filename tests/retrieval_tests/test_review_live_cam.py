@@ -7,15 +7,18 @@ the CAM URL sends (it answers 202 with a placeholder meanwhile).
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.core.files.storage import default_storage
 from django.urls import reverse
+from django.utils import timezone
 from PIL import Image
 
 from cases.models import Study
 from retrieval import tasks
-from retrieval.models import SimilarCase
+from retrieval.models import SimilarCase, StudyResult
 from retrieval.pipeline import enqueue
 from retrieval.pipeline import stages as pipeline_stages
 from retrieval.pipeline.synthetic import synthetic_study_create
@@ -38,7 +41,7 @@ def _one_torch_thread():
 
 @pytest.fixture
 def processed(library, clinician, active_version, settings, django_capture_on_commit_callbacks):
-    # Two stored results (four CAMs in the explain stage) keep this test short; the filtered
+    # Two stored results (four CAMs in the explain jobs) keep this test short; the filtered
     # queries below then return pairs the pipeline did not explain.
     settings.ILDREVIEW_RESULTS_TOP_K = 2
     study = synthetic_study_create(
@@ -180,6 +183,15 @@ def test_results_are_ready_before_their_cams_which_workers_add_one_by_one(
     api = client.get(reverse("api-study-results", args=[study.pk])).json()
     assert [c["cam_status"] for c in api["similar_cases"]] == ["computing", "computing"]
     assert api["similar_cases"][0]["query_cam_url"] is None
+
+    # Jobs lost by the broker are sent again by the recovery sweep, once per period.
+    cache.clear()
+    sent.clear()
+    assert pipeline_stages.cams_missing_resend(older_than_s=3600) == []  # not overdue yet
+    StudyResult.objects.filter(study=study).update(created_at=timezone.now() - timedelta(hours=2))
+    assert pipeline_stages.cams_missing_resend(older_than_s=3600) == [c.pk for c in cases]
+    assert pipeline_stages.cams_missing_resend(older_than_s=3600) == []  # sent this period
+    assert sent == [("similar_case_explain", (c.pk,)) for c in cases]
 
     # The first job runs: result 1's CAMs are shown, result 2 still computing.
     short, args = sent.pop(0)
