@@ -285,6 +285,7 @@ def test_results_of_unfinished_study_are_409(api, clinician, status):
         "status": status,
         "progress_stage": "embed",
         "progress_percent": 55,
+        "queue": None,  # set while a run waits (tests/retrieval_tests/test_queue.py)
     }
 
 
