@@ -89,10 +89,8 @@ def _rows(qs):
 def _build(backend: str, ids: np.ndarray, vectors: np.ndarray):
     from retrieval.engine.index.tune import TuneOptions, build_tuned_index
 
-    target = getattr(settings, "ILDREVIEW_INDEX_TARGET_RECALL", 0.95)
-    return build_tuned_index(
-        backend, ids, vectors, seed=0, options=TuneOptions(target_recall=target)
-    )
+    options = TuneOptions(target_recall=settings.ILDREVIEW_INDEX_TARGET_RECALL)
+    return build_tuned_index(backend, ids, vectors, seed=0, options=options)
 
 
 def _record_build(live: LiveIndex) -> None:
