@@ -10,6 +10,8 @@ which queues `retrieval.tasks.model_version_train` on the gpu queue and shows it
 
 from __future__ import annotations
 
+import threading
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -177,11 +179,17 @@ class StudyJobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("study__patient__display_id", "worker", "run_id")
     list_select_related = ("study__patient", "study__uploaded_by")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # One admin instance serves every request thread: the per-page queue order is kept
+        # per thread so that concurrent list pages never read each other's.
+        self._page = threading.local()
+
     def get_queryset(self, request):
         # The queue order once per page, not once per row.
         from retrieval.pipeline.progress import queue_order
 
-        self._queue_order = {study_id: n for n, study_id in enumerate(queue_order(), start=1)}
+        self._page.queue_order = {study_id: n for n, study_id in enumerate(queue_order(), start=1)}
         return super().get_queryset(request)
 
     @admin.display(description="uploader", ordering="study__uploaded_by__username")
@@ -190,7 +198,7 @@ class StudyJobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="queue position")
     def queue_position(self, obj: StudyJob) -> str:
-        order = getattr(self, "_queue_order", {})
+        order = getattr(self._page, "queue_order", {})
         n = order.get(obj.study_id)
         return f"{n} of {len(order)}" if n else "—"
 
