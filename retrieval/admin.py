@@ -207,7 +207,12 @@ class StudyJobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         seconds = obj.stage_seconds or {}
         if not seconds:
             return "—"
-        parts = [f"{stage} {float(s):.1f}" for stage, s in seconds.items()]
+        # In pipeline order: PostgreSQL's jsonb does not keep the keys' insertion order.
+        order = {stage: n for n, stage in enumerate(("prepare", "embed", "retrieve", "explain"))}
+        ordered = sorted(
+            seconds.items(), key=lambda item: (order.get(item[0], len(order)), item[0])
+        )
+        parts = [f"{stage} {float(s):.1f}" for stage, s in ordered]
         return ", ".join(parts) + f" (total {sum(float(s) for s in seconds.values()):.1f})"
 
 
