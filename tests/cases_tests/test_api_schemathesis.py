@@ -8,10 +8,8 @@ data seeded below gives the GET-by-id operations something to find.
 
 from __future__ import annotations
 
-import gc
 import http.client
 import json
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,8 +19,6 @@ from urllib.parse import urlsplit
 import pytest
 import schemathesis
 from django.core.files.base import ContentFile
-from django.db import connections
-from django.test.testcases import LiveServerThread
 from rest_framework.authtoken.models import Token
 from schemathesis.engine import events, from_schema
 
@@ -36,6 +32,7 @@ from tests.factories import (
     UserFactory,
     diagnosis,
 )
+from tests.wsgi_server import site_server
 
 pytestmark = pytest.mark.slow
 
@@ -87,35 +84,9 @@ def migration_data_kept(django_db_blocker):
 
 @pytest.fixture
 def api_server(migration_data_kept, transactional_db) -> str:
-    """The site's WSGI application behind a real socket in a thread; its base URL.
-
-    Not pytest-django's `live_server`: that one's autouse helper sets up the transactional
-    database before any fixture of the test, so nothing could run after its flush.
-    """
-    # An in-memory SQLite database exists once per connection: the thread shares this one.
-    shared = {c.alias: c for c in connections.all() if c.vendor == "sqlite" and c.is_in_memory_db()}
-    for conn in shared.values():
-        conn.inc_thread_sharing()
-    # `static_handler` gets the media-serving wrapper; unwrapping it leaves the site alone.
-    thread = LiveServerThread(
-        "127.0.0.1", static_handler=lambda media: media.application, connections_override=shared
-    )
-    thread.daemon = True
-    thread.start()
-    thread.is_ready.wait()
-    if thread.error:
-        raise thread.error
-    yield f"http://127.0.0.1:{thread.port}"
-    thread.terminate()
-    # Request threads of kept-alive connections end when the client's sockets close, which
-    # happens when the run's HTTP sessions are collected; they must finish before the shared
-    # connection stops being shared, or their closing of it raises.
-    gc.collect()
-    for other in threading.enumerate():
-        if other is not threading.current_thread() and "process_request" in other.name:
-            other.join(timeout=30)
-    for conn in shared.values():
-        conn.dec_thread_sharing()
+    """The site's WSGI application behind a real socket in a thread; its base URL."""
+    with site_server() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def seed_data():

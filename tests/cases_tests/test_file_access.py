@@ -15,8 +15,6 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import InMemoryStorage, default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connections
-from django.test.testcases import LiveServerThread
 from django.urls import reverse
 
 from cases.models import Series, Slice, Study, series_dicom_dir
@@ -24,6 +22,7 @@ from cases.services.ingestion import IngestionError, study_import_uploads
 from retrieval.models import ModelVersion, SimilarCase, StudyResult
 from tests.dicomgen import ct_series_write
 from tests.factories import ReferenceCaseFactory, SliceFactory, UserFactory
+from tests.wsgi_server import site_server
 
 pytestmark = pytest.mark.django_db
 
@@ -190,24 +189,10 @@ def test_crafted_paths_give_anonymous_visitors_nothing(client, world, template):
 @pytest.fixture
 def app_server(transactional_db):
     """The site's WSGI application alone behind a real socket, as a deployment serves it
-    (pytest-django's `live_server` also serves MEDIA_ROOT and static files by itself, which no
-    deployment does: that test harness would answer /media/ with any file)."""
-    shared = {c.alias: c for c in connections.all() if c.vendor == "sqlite" and c.is_in_memory_db()}
-    for conn in shared.values():
-        conn.inc_thread_sharing()
-    # `static_handler` gets the media-serving wrapper; unwrapping it leaves the site alone.
-    thread = LiveServerThread(
-        "127.0.0.1", static_handler=lambda media: media.application, connections_override=shared
-    )
-    thread.daemon = True
-    thread.start()
-    thread.is_ready.wait()
-    if thread.error:
-        raise thread.error
-    yield thread.port
-    thread.terminate()
-    for conn in shared.values():
-        conn.dec_thread_sharing()
+    (pytest-django's `live_server` also serves MEDIA_ROOT by itself, which no deployment does:
+    that test harness would answer /media/ with any file)."""
+    with site_server() as port:
+        yield port
 
 
 def raw_get(port: int, path: str, cookie: str) -> tuple[int, bytes]:
