@@ -24,6 +24,10 @@ class ModelVersion(models.Model):
     # parameters, recall measured on held-out library vectors, or why it fell back
     # (`VectorIndex.build_info`, written by retrieval/pipeline/index_store.py).
     index_info = models.JSONField(default=dict, blank=True)
+    # The held-out gate's table (`retrieval.engine.holdout`, written when the version is
+    # trained): macro F1, top-1 accuracy and mAP@10 on held-out library patients of the frozen
+    # backbone, the version active at the time and this version; activation compares them.
+    holdout = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -180,9 +184,10 @@ class StudyJob(models.Model):
 class StudyResult(models.Model):
     """The similar-case answer for one study under one model version.
 
-    `votes` is {diagnosis code: share} of the retrieved cases, `suggested_diagnosis` its
-    argmax, `key_slice` the query slice that drives the top match (where the viewer opens).
-    Re-created (delete + insert in one transaction) by the retrieve stage.
+    `votes` is {diagnosis code: share} of the retrieved cases (similarity-weighted, class-
+    balanced), `suggested_diagnosis` its argmax unless the query abstained, `key_slice` the
+    query slice that drives the top match (where the viewer opens). Re-created (delete +
+    insert in one transaction) by the retrieve stage.
     """
 
     study = models.ForeignKey("cases.Study", on_delete=models.CASCADE, related_name="results")
@@ -198,6 +203,12 @@ class StudyResult(models.Model):
     )
     query_slice_count = models.PositiveIntegerField(default=0)
     excluded_slice_count = models.PositiveIntegerField(default=0)
+    # "No close match": the best similarity or the vote margin fell below the model's abstain
+    # thresholds (`retrieval.engine.query`); `suggested_diagnosis` is then empty.
+    abstained = models.BooleanField(default=False)
+    abstain_reason = models.CharField(max_length=300, blank=True, default="")
+    top_similarity = models.FloatField(null=True, blank=True)
+    vote_margin = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -17,10 +17,21 @@ Depth: each query slice contributes its top `k_slices` hits; when they cover few
 `k_cases` distinct cases (slices of one case cluster together) the depth doubles, searching the
 index deeper if needed, until `k_cases` cases are found or the index is exhausted.
 
-Votes: the top `k_cases` cases vote for their label with weight max(score, 0); the vote
-distribution is normalised to sum 1 and the suggested label is the heaviest one (ties: label
-name). With `label_filter` every case has that label (the distribution is then trivially {label:
+Votes (similarity-weighted, class-balanced): the top `k_cases` cases vote for their label with
+weight max(score, 0); each label's votes are divided by that label's share of the library's
+cases (`class_prior`: computed from `slice_meta` unless given), so a class that fills most of the
+library does not win by numbers alone; the distribution is normalised to sum 1 and the suggested
+label is the heaviest one (ties: label name). `balance=False` keeps the raw similarity-weighted
+votes. With `label_filter` every case has that label (the distribution is then trivially {label:
 1}); ask without the filter for the suggestion.
+
+Abstain ("no close match"): `top_similarity` is the best single (query slice, reference slice)
+cosine among the ranked cases and `vote_margin` the share of the heaviest label minus that of
+the runner-up (1.0 when one label has every vote). With `abstain` thresholds
+{"min_top_similarity": float, "min_vote_margin": float} (calibrated on validation and stored in
+the model; see `abstain_thresholds`), the result abstains when either figure is below its
+threshold: `abstained` is True, `abstain_reason` says which, and `suggested_label` is None (the
+votes stay, for display). A missing threshold never abstains.
 
 `label_filter`: only hits of that label count; the index is searched deeper (over-fetch x4,
 then doubling) until k_cases cases of that label are found or the index is exhausted.
@@ -76,7 +87,8 @@ class CaseHit:
 
 @dataclass
 class QueryResult:
-    """Ranked cases, the suggested diagnosis and its normalised vote distribution."""
+    """Ranked cases, the suggested diagnosis and its normalised vote distribution; whether
+    the query abstained ("no close match") and the figures that decided it."""
 
     cases: list[CaseHit]
     suggested_label: str | None
@@ -84,6 +96,54 @@ class QueryResult:
     predicted_label: str | None = None  # hierarchical mode: the class searched within
     class_scores: dict[str, float] = field(default_factory=dict)  # cosine to each centroid
     slice_hits: list[list[SliceHit]] = field(default_factory=list)  # per query slice, used hits
+    top_similarity: float | None = None  # best (query slice, reference slice) cosine
+    vote_margin: float | None = None  # heaviest label's share minus the runner-up's
+    abstained: bool = False
+    abstain_reason: str = ""
+    voted_label: str | None = None  # the heaviest label, also when the query abstained
+
+
+ABSTAIN_KEYS = ("min_top_similarity", "min_vote_margin")
+
+
+def abstain_thresholds(*sources: dict | None) -> dict[str, float | None]:
+    """The abstain thresholds of a model: the `"abstain"` entry of the first of `sources`
+    (its config, then its metrics) that has one, each key a float. Anything missing or
+    unreadable is None, which never abstains."""
+    found = (s.get("abstain") for s in sources if isinstance(s, dict))
+    raw = next((a for a in found if isinstance(a, dict)), None)
+    out: dict[str, float | None] = dict.fromkeys(ABSTAIN_KEYS)
+    if isinstance(raw, dict):
+        for key in ABSTAIN_KEYS:
+            value = raw.get(key)
+            if isinstance(value, int | float) and np.isfinite(value):
+                out[key] = float(value)
+    return out
+
+
+def abstain_decide(
+    *, top_similarity: float | None, vote_margin: float | None, thresholds: dict | None
+) -> tuple[bool, str]:
+    """(abstained, reason): below either threshold abstains; a None threshold never does."""
+    th = thresholds or {}
+    reasons = []
+    low_sim = th.get("min_top_similarity")
+    if low_sim is not None and top_similarity is not None and top_similarity < low_sim:
+        reasons.append(f"best similarity {top_similarity:.3f} is below the threshold {low_sim:.3f}")
+    low_margin = th.get("min_vote_margin")
+    if low_margin is not None and vote_margin is not None and vote_margin < low_margin:
+        reasons.append(f"vote margin {vote_margin:.3f} is below the threshold {low_margin:.3f}")
+    return bool(reasons), "; ".join(reasons)
+
+
+def class_prior(slice_meta: dict[int, tuple[int, str]]) -> dict[str, float]:
+    """Each label's share of the distinct cases in `slice_meta` (the library's class balance)."""
+    labels = {case: label for case, label in slice_meta.values()}
+    counts: dict[str, int] = defaultdict(int)
+    for label in labels.values():
+        counts[label] += 1
+    total = sum(counts.values())
+    return {label: n / total for label, n in counts.items()} if total else {}
 
 
 def class_centroids(
@@ -180,21 +240,34 @@ def _aggregate(used: list[list[SliceHit]], aggregate: str) -> list[CaseHit]:
     return cases
 
 
-def _votes(cases: list[CaseHit]) -> tuple[str | None, dict[str, float]]:
+def _votes(
+    cases: list[CaseHit], prior: dict[str, float] | None = None
+) -> tuple[str | None, dict[str, float]]:
+    """Similarity-weighted votes, each label's divided by its prior share when `prior` has it."""
     mass: dict[str, float] = defaultdict(float)
     for c in cases:
         mass[c.label] += max(c.score, 0.0)
-    total = sum(mass.values())
     if not cases:
         return None, {}
-    if total <= 0:  # every case dissimilar: fall back to counting cases
+    if sum(mass.values()) <= 0:  # every case dissimilar: fall back to counting cases
         mass = defaultdict(float)
         for c in cases:
             mass[c.label] += 1.0
-        total = float(len(cases))
+    if prior:
+        mass = defaultdict(
+            float, {label: m / prior[label] if prior.get(label) else m for label, m in mass.items()}
+        )
+    total = sum(mass.values())
     votes = {label: m / total for label, m in sorted(mass.items())}
     suggested = min(votes, key=lambda label: (-votes[label], label))
     return suggested, votes
+
+
+def _margin(votes: dict[str, float]) -> float | None:
+    if not votes:
+        return None
+    shares = sorted(votes.values(), reverse=True) + [0.0]
+    return float(shares[0] - shares[1])
 
 
 def rank_cases(
@@ -208,8 +281,14 @@ def rank_cases(
     hierarchical: bool = False,
     centroids: dict[str, np.ndarray] | None = None,
     aggregate: str = "sum",
+    balance: bool = True,
+    prior: dict[str, float] | None = None,
+    abstain: dict | None = None,
 ) -> QueryResult:
-    """Rank reference cases for a study's query slice vectors (Q, D); see the module docstring."""
+    """Rank reference cases for a study's query slice vectors (Q, D); see the module docstring.
+
+    `balance` divides each label's votes by its share of the library (`prior`, default
+    `class_prior(slice_meta)`); `abstain` holds the thresholds (`abstain_thresholds`)."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     if k_slices < 1 or k_cases < 1:
@@ -255,12 +334,24 @@ def rank_cases(
         depth = min(n_index, depth * 2)
 
     cases = _aggregate(used, aggregate)[:k_cases]
-    suggested, votes = _votes(cases)
+    if balance and prior is None and target is None:
+        prior = class_prior(slice_meta)
+    voted, votes = _votes(cases, prior if balance else None)
+    top_similarity = max((c.best_score for c in cases), default=None)
+    margin = _margin(votes)
+    abstained, reason = abstain_decide(
+        top_similarity=top_similarity, vote_margin=margin, thresholds=abstain
+    )
     return QueryResult(
         cases=cases,
-        suggested_label=suggested,
+        suggested_label=None if abstained else voted,
         votes=votes,
         predicted_label=predicted,
         class_scores=class_scores,
         slice_hits=used,
+        top_similarity=None if top_similarity is None else float(top_similarity),
+        vote_margin=margin,
+        abstained=abstained,
+        abstain_reason=reason,
+        voted_label=voted,
     )

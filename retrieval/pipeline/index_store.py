@@ -252,26 +252,45 @@ def index_query(
     k_cases: int,
     label_filter: str | None = None,
     exclude_case_ids: set[int] | None = None,
+    hierarchical: bool = False,
+    abstain: dict | None = None,
 ):
     """Sync, then rank reference cases for the query slices' vectors (engine `rank_cases`).
 
     Returns (QueryResult, meta) where meta maps embedding ids to (case id, code, slice id).
     Cases in `exclude_case_ids` (the query study's own reference case) are left out of the
     metadata handed to the engine, which skips hits without metadata, so they neither take a
-    place among the k cases nor vote.
+    place among the k cases nor vote. `hierarchical`: class-first search (the class centroids
+    are cached per library state); `abstain`: the model's thresholds (engine
+    `abstain_thresholds`).
     """
-    from retrieval.engine.query import QueryResult, rank_cases
+    from retrieval.engine.query import QueryResult, class_centroids, rank_cases
 
     live = index_sync(model_version=model_version)
     if live.index is None or not live.meta or len(query_vectors) == 0:
         return QueryResult(cases=[], suggested_label=None, votes={}), live.meta
     exclude = exclude_case_ids or set()
     slice_meta = {i: (m[0], m[1]) for i, m in live.meta.items() if m[0] not in exclude}
+    centroids = None
+    if hierarchical:
+        key = (live.version_id, live.checksum(), frozenset(exclude))
+        centroids = _centroids.get(key)
+        if centroids is None:
+            centroids = class_centroids(index=live.index, slice_meta=slice_meta)
+            _centroids.clear()  # one library state per process is enough
+            _centroids[key] = centroids
     result = rank_cases(
         query_vectors=np.asarray(query_vectors, dtype=np.float32),
         index=live.index,
         slice_meta=slice_meta,
         k_cases=k_cases,
         label_filter=label_filter,
+        hierarchical=hierarchical,
+        centroids=centroids,
+        abstain=abstain,
     )
     return result, dict(live.meta)
+
+
+# Class centroids of the class-first search, by (version, library checksum, excluded cases).
+_centroids: dict[tuple, dict] = {}

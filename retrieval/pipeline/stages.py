@@ -10,7 +10,8 @@ go to the `gpu` queue:
   the cpu queue instead of occupying a GPU worker.
 - embed (gpu queue): backbone + GeM deep features and the fusion head -> `SliceFeatures.embedding`
   for slices with enough lung (`ILDREVIEW_MIN_LUNG_FRACTION`).
-- retrieve (cpu queue): incremental index sync + `rank_cases` -> `StudyResult` + `SimilarCase`;
+- retrieve (cpu queue): incremental index sync + `rank_cases` -> `StudyResult` (votes, suggestion
+  or "no close match" under the model's abstain thresholds) + `SimilarCase`;
   the study becomes ready_for_review (`enqueue.study_finish`) at once, and one CAM job per
   retrieved case is published, best rank first (`retrieval.tasks.similar_case_explain`).
 - explain (gpu queue, one task per similar case, after the study is ready): similarity CAM of
@@ -37,6 +38,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from cases.models import Diagnosis, ReferenceCase, Slice, Study
+from retrieval.engine.query import abstain_thresholds
 from retrieval.engine.radiomics import MAIN_FEATURES
 from retrieval.models import ModelVersion, SimilarCase, SliceFeatures, StudyJob, StudyResult
 from retrieval.pipeline import progress as prog
@@ -233,6 +235,7 @@ def study_retrieve(*, study_id: int, run_id: str) -> bool:
         query_vectors=vectors,
         k_cases=results_top_k(),
         exclude_case_ids=own,
+        abstain=abstain_thresholds(version.config, version.metrics),
     )
     codes = {d.code: d for d in Diagnosis.objects.all()}
     with transaction.atomic():
@@ -247,6 +250,10 @@ def study_retrieve(*, study_id: int, run_id: str) -> bool:
             key_slice_id=key_slice,
             query_slice_count=len(rows),
             excluded_slice_count=total - len(rows),
+            abstained=result.abstained,
+            abstain_reason=result.abstain_reason[:300],
+            top_similarity=result.top_similarity,
+            vote_margin=result.vote_margin,
         )
         SimilarCase.objects.bulk_create(
             [
