@@ -45,6 +45,11 @@ class ModelVersionError(ValueError):
     """A model version cannot be registered or activated (reason in the message)."""
 
 
+class ModelVersionGateError(ModelVersionError):
+    """Activation refused: the version is worse on held-out patients than the frozen backbone
+    or the active version, and no override reason was given."""
+
+
 def _artefact_summary(artefact_dir: Path) -> dict:
     """Backbone, weights hash, config and metrics of a saved artefact, read from its JSON
     description without loading any weights (registration must stay cheap)."""
@@ -58,12 +63,21 @@ def _artefact_summary(artefact_dir: Path) -> dict:
 
 @transaction.atomic
 def model_version_register(
-    *, artefact_dir: Path | str, name: str, activate: bool = False, report_dir: str = ""
+    *,
+    artefact_dir: Path | str,
+    name: str,
+    activate: bool = False,
+    report_dir: str = "",
+    holdout: dict | None = None,
+    actor=None,
+    override_reason: str = "",
 ) -> ModelVersion:
-    """Record a saved artefact folder as a model version (optionally making it the active one).
+    """Record a saved artefact folder as a model version (optionally making it the active one,
+    through the held-out gate of `model_version_activate`).
 
-    Raises ModelVersionError when the folder is not an artefact or the name is taken; nothing
-    is saved then.
+    `holdout` is the gate's table (`retrieval.engine.holdout.holdout_evaluate`). Raises
+    ModelVersionError when the folder is not an artefact or the name is taken, and
+    ModelVersionGateError when activation is refused; nothing is saved then.
     """
     artefact_dir = Path(artefact_dir).resolve()
     if not artefact_dir.is_dir():
@@ -79,20 +93,92 @@ def model_version_register(
         config=meta.get("config", {}) or {},
         metrics=meta.get("metrics", {}) or {},
         report_dir=report_dir,
+        holdout=holdout or {},
     )
-    audit_event_record(actor=None, verb="model_version.register", obj=version)
+    audit_event_record(actor=actor, verb="model_version.register", obj=version)
     if activate:
-        model_version_activate(version=version)
+        model_version_activate(version=version, actor=actor, override_reason=override_reason)
     return version
 
 
+def model_version_gate_check(*, version: ModelVersion) -> dict:
+    """What the held-out gate says about activating `version` now.
+
+    Compares the macro F1 of "this version" in its table with the frozen backbone's in the
+    same table, and with the active version's: the table's "active" row when it was measured
+    against the version active now (same split), else that version's own "this version"
+    figure (its own split: less comparable, said so in `notes`). Returns {"reasons": [why it
+    is worse], "figures": {...}, "notes": [...]}; no table means no reasons (the version was
+    registered without one, e.g. an artefact trained elsewhere), noted.
+    """
+    from retrieval.engine.holdout import ROW_TITLES, gate_verdict
+
+    table = version.holdout or {}
+    rows = table.get("rows") or {}
+    notes: list[str] = []
+    if not rows:
+        notes.append(table.get("skipped") or "no held-out table: this version was not gated")
+        return {"reasons": [], "figures": {}, "notes": notes}
+    figures = {
+        name: {k: rows[name].get(k) for k in ("macro_f1", "accuracy", "map_at_10")} for name in rows
+    }
+    reasons = gate_verdict({"rows": {"this": rows["this"], "frozen": rows.get("frozen")}})
+    active = ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).first()
+    if active is not None:
+        this_f1 = rows["this"].get("macro_f1")
+        same_split = (rows.get("active") or {}).get("version") == active.name
+        if same_split:
+            other = rows["active"].get("macro_f1")
+        else:
+            other = (((active.holdout or {}).get("rows") or {}).get("this") or {}).get("macro_f1")
+            figures["active"] = {"macro_f1": other}
+            notes.append(
+                f"the active version {active.name} was measured on its own held-out split"
+                if other is not None
+                else f"the active version {active.name} has no held-out figures"
+            )
+        figures.setdefault("active", {})["version"] = active.name
+        if isinstance(other, int | float) and isinstance(this_f1, int | float) and this_f1 < other:
+            reasons.append(
+                f"macro_f1 {this_f1:.3f} on held-out patients is below the "
+                f"{ROW_TITLES['active']}'s ({active.name}) {other:.3f}"
+            )
+    return {"reasons": reasons, "figures": figures, "notes": notes}
+
+
 @transaction.atomic
-def model_version_activate(*, version: ModelVersion) -> ModelVersion:
-    """Make `version` the one active model version (the previous one is deactivated)."""
+def model_version_activate(
+    *, version: ModelVersion, actor=None, override_reason: str = ""
+) -> ModelVersion:
+    """Make `version` the one active model version (the previous one is deactivated).
+
+    The held-out gate (`model_version_gate_check`): a version whose macro F1 on held-out
+    library patients is below the frozen backbone's or the active version's is refused with
+    ModelVersionGateError unless `override_reason` says why it should serve anyway. The audit
+    event records the figures, the gate's reasons and the override reason.
+    """
+    check = model_version_gate_check(version=version)
+    reason = (override_reason or "").strip()
+    if check["reasons"] and not reason:
+        raise ModelVersionGateError(
+            f"{version.name} is not activated: "
+            + "; ".join(check["reasons"])
+            + ". Activating it anyway needs an override with a written reason."
+        )
     ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).update(is_active=False)
     version.is_active = True
     version.save(update_fields=["is_active"])
-    audit_event_record(actor=None, verb="model_version.activate", obj=version)
+    audit_event_record(
+        actor=actor,
+        verb="model_version.activate",
+        obj=version,
+        detail={
+            "holdout": check["figures"],
+            "worse_than": check["reasons"],
+            "override_reason": reason if check["reasons"] else "",
+            "notes": check["notes"],
+        },
+    )
     return version
 
 

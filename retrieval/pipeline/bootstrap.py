@@ -86,15 +86,32 @@ def artefact_train(
     seed 0) on prepared slices labelled by index into `class_names`; saves the artefact to
     `out_dir`. `weights` "imagenet" of a downloaded backbone means the file of
     `ILDREVIEW_RESNET50_WEIGHTS` when that is set."""
+    from retrieval.engine.recipe import train_retrieval_model
+
+    config = library_recipe_config(
+        backbone_name=backbone_name, weights=weights, size=size, epochs=epochs
+    )
+    model = train_retrieval_model(
+        prepared, [class_names[i] for i in labels], config, class_names=class_names
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir)
+    return out_dir
+
+
+def library_recipe_config(*, backbone_name: str, weights: str, size: int, epochs: int):
+    """The library's `RecipeConfig` (frozen backbone, head-only ILD-FFN, seed 0); the held-out
+    gate (`retrieval.pipeline.gate`) trains its candidate with the same one."""
     import torch
 
-    from retrieval.engine.recipe import RecipeConfig, train_retrieval_model
+    from retrieval.engine.recipe import RecipeConfig
     from retrieval.engine.training import TrainConfig
     from retrieval.pipeline.runtime import torch_threads_configure
 
     torch_threads_configure()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = RecipeConfig(
+    return RecipeConfig(
         backbone=backbone_name,
         weights=weights,
         imagenet_file=settings.ILDREVIEW_RESNET50_WEIGHTS,
@@ -109,13 +126,6 @@ def artefact_train(
         feature_batch=8,
         device=device,
     )
-    model = train_retrieval_model(
-        prepared, [class_names[i] for i in labels], config, class_names=class_names
-    )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir)
-    return out_dir
 
 
 def bootstrap_reduce_deep(*, device: str) -> int | None:

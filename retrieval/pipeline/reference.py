@@ -165,17 +165,24 @@ def model_version_activate_and_reembed(*, model_version_id: int) -> int:
 
 
 def model_version_bootstrap(*, force: bool = False, progress: Progress | None = None):
-    """Train, register, activate and embed a first model from the approved library.
+    """Train, gate, register, activate and embed a first model from the approved library.
 
     Does nothing (returns None) when a version is active (unless `force`) or the library has
     fewer than two diagnoses. Backbone: `ILDREVIEW_BACKBONE` with `ILDREVIEW_BOOTSTRAP_WEIGHTS`
     ("imagenet" by default; tests use "random"), image size `ILDREVIEW_BOOTSTRAP_SIZE`.
+    The held-out gate (`retrieval.pipeline.gate.library_train_gated`) decides what serves: the
+    trained version when it is not worse than the frozen backbone on held-out library patients,
+    else a version serving the frozen backbone (the trained one stays registered, inactive).
+    Returns the activated version; None too when, with `force`, the gate refuses both against
+    the active version (which then keeps serving).
     """
-    from retrieval.pipeline.bootstrap import bootstrap_train
+    from retrieval.pipeline.bootstrap import library_prepare, library_recipe_config
+    from retrieval.pipeline.gate import library_patients, library_train_gated
     from retrieval.selectors import model_version_active
-    from retrieval.services import model_version_activate, model_version_register
+    from retrieval.services import ModelVersionGateError, model_version_activate
 
-    if model_version_active() is not None and not force:
+    active = model_version_active()
+    if active is not None and not force:
         return None
     approved = list(
         ReferenceCase.objects.filter(state=ReferenceCase.State.APPROVED).select_related("diagnosis")
@@ -183,11 +190,31 @@ def model_version_bootstrap(*, force: bool = False, progress: Progress | None = 
     if len({rc.diagnosis_id for rc in approved}) < 2:
         logger.info("bootstrap: the approved library needs cases of at least two diagnoses")
         return None
+    size = int(settings.ILDREVIEW_BOOTSTRAP_SIZE)
+    prepared, labels, class_names, case_ids = library_prepare(
+        cases=approved, size=size, progress=progress
+    )
     name = f"bootstrap-{timezone.now():%Y%m%d-%H%M%S}"
-    out = Path(settings.ILDREVIEW_MODEL_DIR) / name
-    bootstrap_train(cases=approved, out_dir=out, progress=progress)
-    version = model_version_register(artefact_dir=out, name=name)
+    _trained, version = library_train_gated(
+        prepared=prepared,
+        labels=[class_names[i] for i in labels],
+        patients=library_patients(case_ids=case_ids),
+        class_names=class_names,
+        config=library_recipe_config(
+            backbone_name=settings.ILDREVIEW_BACKBONE,
+            weights=settings.ILDREVIEW_BOOTSTRAP_WEIGHTS,
+            size=size,
+            epochs=int(settings.ILDREVIEW_BOOTSTRAP_EPOCHS),
+        ),
+        out_dir=Path(settings.ILDREVIEW_MODEL_DIR) / name,
+        name=name,
+        active=active,
+    )
     library_reconcile(model_version=version)
-    model_version_activate(version=version)
+    try:
+        model_version_activate(version=version)
+    except ModelVersionGateError as exc:
+        logger.warning("bootstrap: %s", exc)
+        return None
     library_reconcile(model_version=version)
     return version
