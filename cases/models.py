@@ -105,6 +105,12 @@ class Series(models.Model):
     rows = models.PositiveIntegerField(default=0)
     columns = models.PositiveIntegerField(default=0)
     slice_count = models.PositiveIntegerField(default=0)
+    # Read from the DICOM at import for the quality warnings of the review page: BodyPartExamined
+    # (a code string such as "CHEST"; "" when absent) and whether a contrast agent is recorded
+    # (ContrastBolusAgent / its sequence / a volume > 0; None when no contrast tag is present).
+    # The agent's name itself is free text that de-identification replaces, so it is not kept.
+    body_part = models.CharField(max_length=16, blank=True, default="")
+    contrast_enhanced = models.BooleanField(null=True, blank=True, default=None)
     # Storage key (folder) of the de-identified DICOM copy of this series (`series_dicom_dir`).
     dicom_dir = models.CharField(max_length=255, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -284,3 +290,31 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise ValueError("AuditEvent is append-only")
+
+
+class ReadingSession(models.Model):
+    """One expert's reading of one study's review page, as in reader studies: when the review
+    was first opened, when the expert decided (set or confirmed a diagnosis), and how many
+    similar cases were opened on the way. Also the record that an approver has looked at a
+    case before approving it (`cases.services.reading`)."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="reading_sessions")
+    expert = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reading_sessions"
+    )
+    opened_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+    label = models.ForeignKey(
+        ExpertLabel, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # Seconds from opening to the decision (kept so that medians are one query).
+    reading_seconds = models.FloatField(null=True, blank=True)
+    results_opened = models.PositiveIntegerField(default=0)
+    opened_ranks = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at", "-id"]
+        indexes = [models.Index(fields=["study", "expert", "-opened_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.expert} reading study {self.study_id}"

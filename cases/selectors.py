@@ -13,7 +13,15 @@ from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.http import Http404
 
 from cases import permissions
-from cases.models import Diagnosis, ExpertLabel, ReferenceCase, Series, Slice, Study
+from cases.models import (
+    Diagnosis,
+    ExpertLabel,
+    ReadingSession,
+    ReferenceCase,
+    Series,
+    Slice,
+    Study,
+)
 
 
 def user_role(*, user: Any) -> str | None:
@@ -225,4 +233,100 @@ def expert_actions_context(*, study: Study, user: Any) -> dict[str, Any]:
         "current_label": study_current_label(study=study),
         "label_history": study_label_history(study=study),
         "live_reference": reference_case_live_get(study=study),
+    }
+
+
+# --- approval evidence and reading-time metrics ------------------------------------------------
+
+
+def study_ids_opened_by(*, user: Any, study_ids: list[int]) -> set[int]:
+    """The studies among `study_ids` whose review page `user` has opened (a ReadingSession)."""
+    if not study_ids or not getattr(user, "pk", None):
+        return set()
+    return set(
+        ReadingSession.objects.filter(expert=user, study_id__in=study_ids).values_list(
+            "study_id", flat=True
+        )
+    )
+
+
+def study_suggestion(*, study: Study) -> dict[str, Any] | None:
+    """The retrieval's latest suggestion for `study`: {"diagnosis": Diagnosis | None,
+    "abstained": bool, "abstain_reason": str}, or None when there is no result yet.
+
+    Read through the reverse relation `Study.results` that the retrieval app's StudyResult
+    declares, so that this app still imports nothing from `retrieval`."""
+    manager = getattr(study, "results", None)
+    if manager is None:
+        return None
+    result = manager.select_related("suggested_diagnosis").order_by("-created_at").first()
+    if result is None:
+        return None
+    return {
+        "diagnosis": result.suggested_diagnosis,
+        "abstained": bool(getattr(result, "abstained", False)),
+        "abstain_reason": str(getattr(result, "abstain_reason", "") or ""),
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    import statistics
+
+    return float(statistics.median(values)) if values else None
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
+
+
+READING_BINS_S = (30, 60, 120, 300, 600)
+
+
+def reading_time_summary() -> dict[str, Any]:
+    """Distribution of decided readings: count, median and quartiles of the seconds from
+    opening the review to the decision, median similar cases opened, a histogram, and the
+    same per diagnosis decided (the label set at the end of the reading)."""
+    rows = list(
+        ReadingSession.objects.filter(reading_seconds__isnull=False).values_list(
+            "reading_seconds", "results_opened", "label__diagnosis__name"
+        )
+    )
+
+    def summary(items: list[tuple[float, int, str | None]]) -> dict[str, Any]:
+        seconds = [float(r[0]) for r in items]
+        opened = [float(r[1]) for r in items]
+        return {
+            "count": len(items),
+            "median_s": _median(seconds),
+            "p25_s": _quantile(seconds, 0.25),
+            "p75_s": _quantile(seconds, 0.75),
+            "median_opened": _median(opened),
+        }
+
+    bins = []
+    lower = 0
+    for upper in (*READING_BINS_S, None):
+        n = sum(1 for r in rows if r[0] >= lower and (upper is None or r[0] < upper))
+        label = f"{lower}–{upper} s" if upper is not None else f"≥ {lower} s"
+        bins.append({"label": label, "count": n})
+        lower = upper or lower
+    most = max((b["count"] for b in bins), default=0) or 1
+    for b in bins:
+        b["percent"] = round(100.0 * b["count"] / most, 1)
+    by_diagnosis = {}
+    for r in rows:
+        by_diagnosis.setdefault(r[2] or "(label deleted)", []).append(r)
+    return {
+        "overall": summary(rows),
+        "bins": bins,
+        "by_diagnosis": [
+            {"diagnosis": name, **summary(items)} for name, items in sorted(by_diagnosis.items())
+        ],
+        "undecided": ReadingSession.objects.filter(decided_at__isnull=True).count(),
     }

@@ -33,6 +33,7 @@ review_urlpatterns = [
         review.review_cam,
         name="review_cam",
     ),
+    path("studies/<int:pk>/review/events/", review.review_event, name="review_event"),
     path(
         "studies/<int:pk>/review/live.json",
         review.review_live_status,

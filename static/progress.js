@@ -1,9 +1,10 @@
 // Live progress bars: every element with data-progress-url polls that JSON endpoint
-// (retrieval/views/review.py: study_progress) and updates its bar and text. While the study
-// waits, the endpoint's `queue` says where it stands ("queued — position 2 of 11, about 40 s"),
-// shown instead of a stage and percent. When the study finishes or fails, the page reloads (so
-// status badges, results and Retry buttons are server-rendered); elements with
-// data-progress-reload="0" only update.
+// (retrieval/views/review.py: study_progress) and updates its bar and text. The endpoint's
+// `text` says honestly where the study stands ("Waiting in queue (position 2 of 11, about
+// 40 s)", then "Running: embed (40%)"); while the study waits (`waiting`) the bar moves
+// (class "waiting") instead of showing a frozen percent. When the study finishes or fails, the
+// page reloads (so status badges, results and Retry buttons are server-rendered); elements
+// with data-progress-reload="0" only update.
 (function () {
   "use strict";
   const INTERVAL_MS = 1500;
@@ -13,28 +14,20 @@
   function render(box, data) {
     const bar = box.querySelector(".progress");
     if (bar) {
-      bar.setAttribute("aria-valuenow", String(data.percent));
+      bar.classList.toggle("waiting", Boolean(data.waiting));
+      if (data.waiting) bar.removeAttribute("aria-valuenow");
+      else bar.setAttribute("aria-valuenow", String(data.percent));
+      bar.setAttribute("aria-valuetext", data.text || "");
       const fill = bar.querySelector("span");
       if (fill) fill.style.width = data.percent + "%";
     }
-    const queue = data.status === "processing" ? data.queue : null;
-    const waiting = queue && queue.state === "queued";
     const text = box.querySelector("[data-progress-text]");
-    if (text) {
-      text.textContent = data.status === "uploaded" ? "Waiting to be processed"
-        : queue ? queue.text.charAt(0).toUpperCase() + queue.text.slice(1)
-        : data.status === "processing" ? "Processing: " + (data.stage || "queued")
-        : data.status_display;
-    }
+    if (text) text.textContent = data.text || data.status_display;
     const pct = box.querySelector("[data-progress-percent]");
-    if (pct) pct.textContent = waiting ? "" : data.percent + "%";
+    if (pct) pct.textContent = data.waiting ? "" : data.percent + "%";
     // The short line under a small bar (worklist, study page).
     const label = box.querySelector("[data-progress-label]");
-    if (label) {
-      label.textContent = queue ? queue.text
-        : data.status === "processing" ? (data.stage || "queued") + " " + data.percent + "%"
-        : data.status_display;
-    }
+    if (label) label.textContent = data.text || data.status_display;
   }
 
   function poll(box, initialStatus) {

@@ -40,6 +40,7 @@ from django.db.models import BigIntegerField, ExpressionWrapper, F, Sum
 from cases.dicom import DicomInputError
 from cases.dicom.archive import ExtractedFile, looks_like_zip, zip_extract
 from cases.dicom.deid import dataset_deidentify, uid_remap
+from cases.dicom.quality_tags import body_part_examined, contrast_enhanced
 from cases.dicom.reading import (
     CtSeries,
     CtStudy,
@@ -323,6 +324,8 @@ def _series_write(*, study: Study, cs: CtSeries, label: str, written: list[str])
         rows=cs.rows,
         columns=cs.columns,
         slice_count=len(cs.instances),
+        body_part=body_part_examined(cs.instances[0].dataset),
+        contrast_enhanced=contrast_enhanced(cs.instances[0].dataset),
     )
     # Storage keys come from the new row's ids, never from the DICOM's UIDs.
     dicom_dir = series.dicom_dir = series_dicom_dir(series=series)

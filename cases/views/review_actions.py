@@ -26,8 +26,12 @@ from cases.selectors import (
     reference_case_list_visible,
     reference_case_pending_list,
     study_get_visible,
+    study_ids_opened_by,
+    study_suggestion,
+    study_thumbnail_slice,
 )
 from cases.services import review as review_services
+from cases.services.reading import reading_session_decide
 
 
 def expert_required(view):
@@ -63,7 +67,11 @@ def _back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
 
 
 def _form_errors(form) -> str:
-    return "; ".join(f"{field}: {' '.join(errs)}" for field, errs in form.errors.items())
+    parts = []
+    for name, errs in form.errors.items():
+        text = " ".join(errs)
+        parts.append(text if name == "__all__" else f"{form.fields[name].label or name}: {text}")
+    return "; ".join(parts)
 
 
 def _report(request: HttpRequest, exc: ValidationError) -> None:
@@ -101,15 +109,24 @@ def _study_form_action(
     return _back(request, study_page_url(study.pk))
 
 
+def _label_set_and_close_reading(*, study, expert, diagnosis, comment):
+    """Set the label, then close the expert's running reading of the study (its time)."""
+    label = review_services.expert_label_set(
+        study=study, expert=expert, diagnosis=diagnosis, comment=comment
+    )
+    reading_session_decide(study=study, expert=expert, label=label)
+    return label
+
+
 @require_POST
 @expert_required
 def label_set(request: HttpRequest, pk: int) -> HttpResponse:
-    """Confirm or correct the study's diagnosis."""
+    """Confirm the suggestion, or set / correct the study's diagnosis."""
     return _study_form_action(
         request,
         pk,
         form_class=ExpertLabelForm,
-        service=review_services.expert_label_set,
+        service=_label_set_and_close_reading,
         refused="Label not saved",
         done=lambda label: f"Diagnosis set to {label.diagnosis.name}.",
     )
@@ -126,7 +143,7 @@ def reference_propose(request: HttpRequest, pk: int) -> HttpResponse:
         service=review_services.reference_case_propose,
         refused="Not proposed",
         done=lambda reference: (
-            f"Proposed as a {reference.diagnosis.name} reference case; "
+            f"Proposed as a reference case of {reference.diagnosis.name}; "
             "another expert must approve it."
         ),
     )
@@ -141,10 +158,14 @@ def approval_queue(request: HttpRequest) -> HttpResponse:
     if not (expert or is_admin(request.user)):
         raise PermissionDenied("Only experts or admins may see the approval queue.")
     pending = list(reference_case_pending_list())
+    opened = study_ids_opened_by(user=request.user, study_ids=[c.study_id for c in pending])
     for case in pending:
         case.study_url = study_page_url(case.study_id)
         case.can_decide = expert and case.proposed_by_id != request.user.pk
         case.is_own = case.proposed_by_id == request.user.pk
+        case.opened = case.study_id in opened
+        case.thumbnail = study_thumbnail_slice(study=case.study)
+        case.suggestion = study_suggestion(study=case.study)
     approved = list(
         reference_case_list_visible(user=request.user, state=ReferenceCase.State.APPROVED)[:50]
     )
@@ -157,10 +178,32 @@ def approval_queue(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _case_name(reference: ReferenceCase) -> str:
+    """How messages name a reference case: by its patient's display id, never a row id."""
+    return f"Reference case {reference.study.patient.display_id} ({reference.diagnosis.name})"
+
+
 def _decide(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     reference = get_object_or_404(ReferenceCase, pk=pk)
     form = ReferenceDecisionForm(request.POST)
-    comment = form.cleaned_data["comment"] if form.is_valid() else ""
+    valid = form.is_valid()
+    comment = form.cleaned_data["comment"] if valid else ""
+    confirmed = valid and form.cleaned_data["confirm_unopened"]
+    if (
+        action == "approve"
+        and not confirmed
+        and reference.state == ReferenceCase.State.PROPOSED
+        and reference.proposed_by_id != request.user.pk
+        and reference.study_id
+        not in study_ids_opened_by(user=request.user, study_ids=[reference.study_id])
+    ):
+        messages.error(
+            request,
+            f"Not approved: you have not opened the review of "
+            f"{reference.study.patient.display_id}. Open it first, or tick "
+            "“approve without opening the review”.",
+        )
+        return _back(request, reverse("review:approvals"))
     try:
         if action == "approve":
             review_services.reference_case_approve(
@@ -168,13 +211,13 @@ def _decide(request: HttpRequest, pk: int, action: str) -> HttpResponse:
             )
             messages.success(
                 request,
-                f"Reference case #{reference.pk} approved; it is being added to the index.",
+                f"{_case_name(reference)} approved; it is being added to the library's index.",
             )
         else:
             review_services.reference_case_reject(
                 reference_case=reference, expert=request.user, comment=comment
             )
-            messages.success(request, f"Reference case #{reference.pk} rejected.")
+            messages.success(request, f"{_case_name(reference)} rejected.")
     except ValidationError as exc:
         _report(request, exc)
     return _back(request, reverse("review:approvals"))
@@ -204,6 +247,7 @@ def reference_retire(request: HttpRequest, pk: int) -> HttpResponse:
         _report(request, exc)
     else:
         messages.success(
-            request, f"Reference case #{reference.pk} retired; it is being removed from the index."
+            request,
+            f"{_case_name(reference)} retired; it is being removed from the library's index.",
         )
     return _back(request, reverse("review:approvals"))

@@ -33,6 +33,11 @@ from retrieval.models import (
     StudyResult,
 )
 from retrieval.pipeline.selectors import similar_case_list, study_result_get
+from retrieval.selectors.review_explain import (
+    hits_explain,
+    library_radiomics_stats,
+    radiomics_z_rows,
+)
 
 K_CHOICES = (4, 8, 12, 16, 24)
 K_MAX = max(K_CHOICES)
@@ -89,6 +94,12 @@ class ReviewHit:
     reference_slice_id: int
     radiomics: list[RadiomicsRow] = field(default_factory=list)
     cam_ready: bool = False  # both CAM overlays are stored (else the page shows "computing")
+    # Set by `review_explain.hits_explain`: the case similarity by one definition whatever the
+    # filter, and on how many of the query's slices the case is the closest of the top cases.
+    similarity: float | None = None
+    matched: int | None = None
+    query_slices: int | None = None
+    radiomics_z: list = field(default_factory=list)
 
     @property
     def diagnosis(self) -> Diagnosis:
@@ -96,7 +107,12 @@ class ReviewHit:
 
     @property
     def similarity_percent(self) -> float:
-        return round(100.0 * max(self.score, 0.0), 1)
+        return round(100.0 * max(self.shown_score, 0.0), 1)
+
+    @property
+    def shown_score(self) -> float:
+        """The score the page shows: the filter-independent similarity when known."""
+        return self.similarity if self.similarity is not None else self.score
 
 
 @dataclass
@@ -119,6 +135,11 @@ class ReviewResults:
     live: bool = False
     library_count: int | None = None  # approved cases of the filtered diagnosis
     pending: bool = False  # a worker is asked for this (k, diagnosis); no hits yet
+    # The abstain gate's verdict on the stored result (missing on older results: not abstained).
+    abstained: bool = False
+    abstain_reason: str = ""
+    top_similarity: float | None = None
+    vote_margin: float | None = None
 
     @property
     def fewer_than_k(self) -> bool:
@@ -337,11 +358,15 @@ def study_review_results(
             hits = _stored_hits(pick[:k])
     slice_ids = {h.query_slice_id for h in hits} | {h.reference_slice_id for h in hits}
     radiomics = _radiomics_by_slice(slice_ids=slice_ids, model_version=version)
+    stats = library_radiomics_stats(model_version=version)
     for hit in hits:
         hit.radiomics = radiomics_rows(
             query=radiomics.get(hit.query_slice_id, {}),
             result=radiomics.get(hit.reference_slice_id, {}),
         )
+        hit.radiomics_z = radiomics_z_rows(rows=hit.radiomics, stats=stats)
+    if hits:
+        hits_explain(hits=hits, result=result)
     library_count = None
     if diagnosis is not None:
         library_count = (
@@ -361,7 +386,30 @@ def study_review_results(
         live=live,
         library_count=library_count,
         pending=pending,
+        **result_gate(result),
     )
+
+
+def _gate_value(result: StudyResult, key: str):
+    """A gate key of the result: a field of that name, or a key of a JSON field holding it."""
+    if hasattr(result, key):
+        return getattr(result, key)
+    for holder in ("gate", "details", "extra"):
+        data = getattr(result, holder, None)
+        if isinstance(data, dict) and key in data:
+            return data[key]
+    return None
+
+
+def result_gate(result: StudyResult) -> dict:
+    """The abstain gate's keys of a stored result (absent keys: not abstained)."""
+    top, margin = _gate_value(result, "top_similarity"), _gate_value(result, "vote_margin")
+    return {
+        "abstained": bool(_gate_value(result, "abstained")),
+        "abstain_reason": str(_gate_value(result, "abstain_reason") or ""),
+        "top_similarity": float(top) if top is not None else None,
+        "vote_margin": float(margin) if margin is not None else None,
+    }
 
 
 def stored_cam_name(*, study: Study, query_slice_id: int, reference_slice_id: int, side: str):

@@ -8,6 +8,8 @@ through `retrieval.selectors.review`, writes through `retrieval.services`.
 
 from __future__ import annotations
 
+import json
+
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
@@ -18,6 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from cases import permissions, selectors
 from cases.models import Study
+from cases.services.reading import reading_session_open, reading_session_result_opened
 from cases.views.viewer import slice_viewer_context
 from retrieval.forms import ReviewFilterForm
 from retrieval.pipeline.progress import study_queue_get
@@ -30,6 +33,8 @@ from retrieval.selectors.review import (
     stored_cam_name,
     study_review_results,
 )
+from retrieval.selectors.review_quality import series_quality_warnings
+from retrieval.selectors.viewer import review_viewer_config
 from retrieval.services import review_cam_request, study_live_query_request
 from retrieval.services import study_retry as study_retry_service
 
@@ -56,14 +61,33 @@ def can_retry(user) -> bool:
     return permissions.is_expert(user) or permissions.is_admin(user)
 
 
+def progress_text(*, study: Study, queue, percent: int) -> str:
+    """One line saying honestly where the study stands: waiting in the queue (position and
+    estimate) until a worker takes it, waiting between stages, or the stage running."""
+    if study.status == Study.Status.UPLOADED:
+        return "Uploaded, not queued yet"
+    if study.status != Study.Status.PROCESSING:
+        return study.get_status_display()
+    if queue is not None and queue.state == "queued":
+        wait = "wait unknown" if queue.estimate_s is None else f"about {queue.estimate_s} s"
+        return f"Waiting in queue (position {queue.position} of {queue.total}, {wait})"
+    if queue is not None:
+        return f"{(queue.stage or 'Stage').capitalize()} done, waiting for a worker"
+    stage = study.progress_stage or "starting"
+    return f"Running: {stage} ({percent}%)"
+
+
 def progress_payload(*, study: Study, user) -> dict:
     """What the progress bar script polls for (see static/progress.js). While the study waits
-    (its run not started, or between two stages) `queue` says where it stands (its `text` is
-    shown instead of the stage); a run that has not started shows 0 %, never a stage's percent
-    of an earlier run."""
+    (its run not started, or between two stages) `queue` says where it stands and `waiting`
+    is true (the bar then shows motion, never a frozen percent); a run that has not started
+    shows 0 %, never a stage's percent of an earlier run. `text` is the line to show."""
     queue = study_queue_get(study_id=study.pk) if study.status == Study.Status.PROCESSING else None
     waiting = queue is not None and queue.state == "queued"
+    percent = 0 if waiting else int(study.progress_percent)
     return {
+        "text": progress_text(study=study, queue=queue, percent=percent),
+        "waiting": queue is not None or study.status == Study.Status.UPLOADED,
         "id": study.pk,
         "status": study.status,
         "status_display": study.get_status_display(),
@@ -112,6 +136,9 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
         live_status_url = reverse("cases:review_live_status", args=[study.pk])
         live_status_url += "?" + request.GET.urlencode()
     progress = progress_payload(study=study, user=request.user)
+    if permissions.is_expert(request.user):
+        reading_session_open(study=study, expert=request.user)
+    lung_slices = results.result.query_slice_count if results.result is not None else None
     return render(
         request,
         "retrieval/review.html",
@@ -124,10 +151,22 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
             "k_choices": K_CHOICES,
             "diagnoses": diagnoses,
             "progress": progress,
+            "quality_warnings": series_quality_warnings(
+                series=viewer.get("current_series"), lung_slice_count=lung_slices
+            ),
             "processing": study.status in (Study.Status.UPLOADED, Study.Status.PROCESSING),
             "can_retry": can_retry(request.user)
             and study.status in (Study.Status.FAILED, Study.Status.UPLOADED),
             **viewer,
+            "review_viewer": review_viewer_config(
+                user=request.user,
+                study=study,
+                series=viewer["current_series"],
+                start_index=viewer["slice_index"],
+                preset=viewer["preset"],
+                hits=hits,
+                selected_rank=selected.rank if selected else None,
+            ),
             "review_config": {
                 "progressUrl": reverse("cases:study_progress", args=[study.pk]),
                 "selected": selected.rank if selected else None,
@@ -141,6 +180,9 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
                     for h in hits
                 ],
                 "liveStatusUrl": live_status_url,
+                "eventUrl": reverse("cases:review_event", args=[study.pk])
+                if permissions.is_expert(request.user)
+                else None,
             },
         },
     )
@@ -159,6 +201,31 @@ def _review_results(*, study: Study, k, code):
         )
         results = study_review_results(study=study, k=k, diagnosis_code=code)
     return results
+
+
+@require_POST
+def review_event(request: HttpRequest, pk: int) -> JsonResponse:
+    """Reading-time events of the review page's script (experts): `{"event": "result_opened",
+    "rank": N}` (JSON or form fields) counts a similar case opened during the reading."""
+    if not permissions.is_expert(request.user):
+        raise PermissionDenied("Only experts' readings are recorded.")
+    study = selectors.study_get_visible(user=request.user, pk=pk)
+    data = request.POST
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body or b"{}")
+        except ValueError:
+            return JsonResponse({"detail": "The body is not valid JSON."}, status=400)
+        if not isinstance(data, dict):
+            return JsonResponse({"detail": "Send a JSON object."}, status=400)
+    if data.get("event") != "result_opened":
+        return JsonResponse({"detail": "Unknown event; expected 'result_opened'."}, status=400)
+    try:
+        rank = int(data.get("rank"))
+        session = reading_session_result_opened(study=study, expert=request.user, rank=rank)
+    except (TypeError, ValueError):
+        return JsonResponse({"detail": "rank must be a whole number from 1 to 1000."}, status=400)
+    return JsonResponse({"results_opened": session.results_opened})
 
 
 @require_GET

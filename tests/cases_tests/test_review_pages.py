@@ -100,7 +100,8 @@ def test_second_expert_approves_from_the_queue(client, expert, django_capture_on
     client.force_login(approver)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = client.post(
-            reverse("review:reference_approve", args=[reference.pk]), {"comment": "ok"}
+            reverse("review:reference_approve", args=[reference.pk]),
+            {"comment": "ok", "confirm_unopened": "1"},
         )
     assert response.status_code == 302
     assert response["Location"] == reverse("review:approvals")
@@ -230,7 +231,7 @@ def test_panel_shows_reference_state_instead_of_propose_form(expert):
     reference = ReferenceCaseFactory(proposed_by=expert)
     ExpertLabelFactory(study=reference.study)
     html = _render_panel(expert, reference.study)
-    assert "Proposed as a Normal reference case" in html
+    assert "Proposed as a reference case of Normal" in html
     assert reverse("review:propose", args=[reference.study.pk]) not in html
 
 
