@@ -7,13 +7,18 @@ everywhere. It lives in `cases` because `cases` imports nothing from `retrieval`
 nothing from Django so that the Django-free engine may use it.
 
 Rules (the format is taken from the content, not from the file name):
-- PNG, JPEG and BMP hold already-windowed 8-bit grey (colour is converted to grey, ITU-R
-  BT.601); 16-bit and float PNGs are refused (Hounsfield units come as a TIFF);
-- TIFF (one page) holds signed 16-bit Hounsfield units or 8-bit grey/colour (windowed); a 3- or
-  4-channel TIFF whose colour channels repeat the same values is that one grey image, so a
-  signed 16-bit one is Hounsfield units too; a signed 32-bit TIFF whose values fit in 16 bits
-  is read as Hounsfield units (some exporters widen them); other TIFFs (unsigned 16-bit, 32-bit
-  beyond the 16-bit range, float, 16-bit colour, several pages) are refused;
+- PNG, JPEG and BMP hold already-windowed 8-bit grey; 16-bit and float PNGs are refused
+  (Hounsfield units come as a TIFF);
+- TIFF (one page) holds signed 16-bit Hounsfield units or 8-bit grey (windowed); a signed
+  32-bit TIFF whose values fit in 16 bits is read as Hounsfield units (some exporters widen
+  them); other TIFFs (unsigned 16-bit, 32-bit beyond the 16-bit range, float, several pages)
+  are refused;
+- colour (3 or 4 channels, interleaved or planar; alpha ignored): an image whose colour
+  channels all repeat the same values is that one grey image, read without loss at its depth
+  (a signed 16-bit one stays Hounsfield units); any other 8-bit colour image is converted to
+  grey (ITU-R BT.601 luma, as Pillow's "L") and the conversion is named in
+  `ReferenceImage.warnings`, for the caller to show; deeper colour whose channels differ is
+  refused (a blend of HU channels is no HU);
 - a single DICOM file, other formats, images with a side under `MIN_SIDE` or over `MAX_SIDE`
   pixels and decompression bombs are refused.
 """
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tifffile
@@ -45,6 +50,8 @@ class ReferenceImage:
     pixels: np.ndarray
     is_windowed: bool
     format: str  # "PNG", "JPEG", "BMP" or "TIFF"
+    # Lossy conversions made while reading (a colour image turned grey), for the caller to show.
+    warnings: list[str] = field(default_factory=list)
 
 
 def reference_image_decode(data: bytes) -> ReferenceImage:
@@ -69,9 +76,28 @@ def reference_image_decode(data: bytes) -> ReferenceImage:
     return image
 
 
-def _to_grey(rgb: np.ndarray) -> np.ndarray:
-    grey = rgb[..., :3].astype(np.float32) @ _LUMA
-    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+def _repeated_channel(array: np.ndarray) -> np.ndarray | None:
+    """The one image of a (H, W, 3|4) array whose colour channels repeat it (alpha ignored),
+    at its own depth; None when the channels differ."""
+    colour = array[..., :3]
+    if (colour == colour[..., :1]).all():
+        return np.ascontiguousarray(colour[..., 0])
+    return None
+
+
+def _colour_to_grey(array: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """One 8-bit grey image of a (H, W, 3|4) uint8 colour array, and the warnings of the
+    conversion: none when the colour channels repeat one image (taken as it is), else the luma
+    and a warning."""
+    grey = _repeated_channel(array)
+    if grey is not None:
+        return grey, []
+    grey = np.clip(np.rint(array[..., :3].astype(np.float32) @ _LUMA), 0, 255).astype(np.uint8)
+    channels = "RGBA" if array.shape[-1] == 4 else "RGB"
+    return grey, [
+        f"{channels} image with differing colour channels converted to grey (luma, "
+        "ITU-R BT.601): colour marks are blended into the image"
+    ]
 
 
 def _tiff_decode(data: bytes) -> ReferenceImage:
@@ -85,19 +111,29 @@ def _tiff_decode(data: bytes) -> ReferenceImage:
     except Exception as exc:  # tifffile raises many types for damaged files
         raise ImageReadError(f"unreadable TIFF ({exc})") from exc
     array = np.squeeze(array)
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar colour (PlanarConfiguration 2)
+    notes: list[str] = []
     if array.ndim == 3 and array.shape[-1] in (3, 4):
-        colour = array[..., :3]
-        if (colour == colour[..., :1]).all():
-            array = array[..., 0]  # grey saved as colour: one image, at any depth
+        grey = _repeated_channel(array)
+        if grey is not None:
+            array = grey  # grey saved as colour: one image, at any depth
         elif array.dtype == np.uint8:
-            array = _to_grey(array)
+            array, notes = _colour_to_grey(array)
+        else:
+            # Blending differing channels of Hounsfield units would make values that are no
+            # HU at all: refused rather than guessed.
+            raise ImageReadError(
+                f"{array.dtype} TIFF with {array.shape[-1]} differing colour channels: "
+                "Hounsfield units must be one grey image (or channels that repeat it)"
+            )
     if array.dtype == np.int32 and array.ndim == 2 and array.size:
         if -32768 <= int(array.min()) and int(array.max()) <= 32767:
             array = array.astype(np.int16)
     if array.dtype == np.int16 and array.ndim == 2:
-        return ReferenceImage(pixels=array, is_windowed=False, format="TIFF")
+        return ReferenceImage(pixels=array, is_windowed=False, format="TIFF", warnings=notes)
     if array.dtype == np.uint8 and array.ndim == 2:
-        return ReferenceImage(pixels=array, is_windowed=True, format="TIFF")
+        return ReferenceImage(pixels=array, is_windowed=True, format="TIFF", warnings=notes)
     raise ImageReadError(
         f"TIFF of type {array.dtype} and shape {array.shape}: expected signed 16-bit "
         "Hounsfield units or 8-bit grey/colour"
@@ -130,6 +166,10 @@ def _pil_decode(data: bytes) -> ReferenceImage:
             f"{fmt} with {image.mode} pixels: 8-bit grey or colour expected (Hounsfield units "
             "must come as a signed 16-bit TIFF)"
         )
-    if image.mode != "L":
-        image = image.convert("L")
-    return ReferenceImage(pixels=np.asarray(image, dtype=np.uint8), is_windowed=True, format=fmt)
+    notes: list[str] = []
+    if image.mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        rgb = np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"), dtype=np.uint8)
+        pixels, notes = _colour_to_grey(rgb)
+    else:  # "L", "LA" (alpha dropped), "1"
+        pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+    return ReferenceImage(pixels=pixels, is_windowed=True, format=fmt, warnings=notes)

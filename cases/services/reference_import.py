@@ -320,7 +320,9 @@ def _image_row_import(*, row: ManifestRow, path: Path, admin, written: list[str]
     written.append(slice_row.pixels.name)
     slice_row.save()
     _reference_attach(study=study, row=row, admin=admin, new_study=True)
-    return RowOutcome(row=row, status="created", study_id=study.pk)
+    # A colour image converted to grey says so (the command prints notes).
+    note = "; ".join(image.warnings)
+    return RowOutcome(row=row, status="created", study_id=study.pk, note=note)
 
 
 def _series_media(series_ids: list[int]) -> list[str]:
