@@ -312,7 +312,8 @@ CONTENT_SECURITY_POLICY = {
         "default-src": ["'self'"],
         "script-src": ["'self'"],
         "style-src": ["'self'"],
-        "img-src": ["'self'"],
+        # blob: the review viewer's (Cornerstone3D) tool cursors are SVG images it makes itself.
+        "img-src": ["'self'", "blob:"],
         "connect-src": ["'self'"],
         "object-src": ["'none'"],
         "base-uri": ["'self'"],

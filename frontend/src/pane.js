@@ -1,0 +1,269 @@
+// One viewport of the review viewer: a Cornerstone StackViewport plus its own window (presets,
+// typed W/L), slice slider, HU probe, zoom readout, CAM overlay and lung outline. The CAM and
+// the outline are an <img>/<canvas> over the viewport, placed on the image's corners after
+// every render, so they follow zoom and pan.
+import { Enums, utilities } from "@cornerstonejs/core";
+import { imageIdFor, describeSeries, pixelAt, pixelsOf } from "./loader.js";
+import { lungRegion, drawOutline } from "./lungs.js";
+
+const POLL_MS = 2000;
+const POLL_TRIES = 90;
+
+function clamp(v, lo, hi) {
+  return Math.max(lo, Math.min(hi, v));
+}
+
+function readyUrl(url) {
+  return url + (url.indexOf("?") < 0 ? "?" : "&") + "ready=1";
+}
+
+export class Pane {
+  constructor(app, root) {
+    this.app = app;
+    this.root = root;
+    this.name = root.dataset.pane;
+    this.viewportId = "ild-" + this.name;
+    this.element = this.role("element");
+    this.slider = this.role("slider");
+    this.camImg = this.role("cam");
+    this.camStatus = this.role("cam-status");
+    this.outline = this.role("outline");
+    this.series = null;
+    this.cam = null; // { url, sliceId, ready, token }
+    this.outlineFor = null;
+    this.quietIndex = null; // an index set by linked scrolling: do not propagate it back
+    this.bind();
+  }
+
+  role(name) {
+    return this.root.querySelector("[data-role=" + name + "]");
+  }
+
+  get viewport() {
+    return this.app.engine.getViewport(this.viewportId);
+  }
+
+  index() {
+    return this.viewport ? this.viewport.getCurrentImageIdIndex() : 0;
+  }
+
+  count() {
+    return this.series ? this.series.slices.length : 0;
+  }
+
+  async load(series, index, windowLW) {
+    describeSeries(series);
+    this.series = series;
+    this.outlineFor = null;
+    const ids = series.slices.map(imageIdFor);
+    this.slider.max = String(ids.length - 1);
+    const start = clamp(index, 0, ids.length - 1);
+    await this.viewport.setStack(ids, start);
+    this.viewport.resetCamera();
+    if (windowLW) this.setWindow(windowLW[1], windowLW[0]);
+    this.viewport.render();
+    this.refresh();
+  }
+
+  // Moves to slice i; `quiet` marks it as set by the linked viewport (no echo back).
+  go(i, quiet) {
+    if (!this.series) return;
+    const target = clamp(i, 0, this.count() - 1);
+    if (target === this.index()) return;
+    this.quietIndex = quiet ? target : null;
+    this.viewport.setImageIdIndex(target);
+  }
+
+  setWindow(width, level) {
+    const w = Math.max(1, Number(width));
+    const l = Number(level);
+    if (!Number.isFinite(w) || !Number.isFinite(l)) return;
+    this.viewport.setProperties({ voiRange: { lower: l - w / 2, upper: l + w / 2 } });
+    this.viewport.render();
+    this.showWindow();
+  }
+
+  windowWL() {
+    const r = this.viewport && this.viewport.getProperties().voiRange;
+    if (!r) return null;
+    return [Math.round(r.upper - r.lower), Math.round((r.upper + r.lower) / 2)];
+  }
+
+  preset(name) {
+    const lw = this.app.config.presets[name];
+    if (lw) this.setWindow(lw[1], lw[0]);
+  }
+
+  reset() {
+    this.viewport.resetCamera();
+    this.preset(this.app.config.preset);
+    this.viewport.render();
+  }
+
+  zoomBy(factor) {
+    this.viewport.setZoom(this.viewport.getZoom() * factor);
+    this.viewport.render();
+  }
+
+  showWindow() {
+    const wl = this.windowWL();
+    if (!wl) return;
+    this.role("wl-readout").textContent = "W " + wl[0] + " L " + wl[1];
+    const ww = this.role("ww");
+    const wc = this.role("wc");
+    if (document.activeElement !== ww) ww.value = String(wl[0]);
+    if (document.activeElement !== wc) wc.value = String(wl[1]);
+    this.root.querySelectorAll("[data-preset]").forEach((b) => {
+      const lw = this.app.config.presets[b.dataset.preset];
+      b.classList.toggle("active", !!lw && lw[0] === wl[1] && lw[1] === wl[0]);
+    });
+  }
+
+  showZoom() {
+    if (!this.viewport) return;
+    this.role("zoom").textContent = this.viewport.getZoom().toFixed(2) + "×";
+  }
+
+  // Slice label, slider, CAM visibility and outline for the current slice.
+  refresh() {
+    if (!this.series) return;
+    const i = this.index();
+    this.role("slice").textContent = "Slice " + (i + 1) + " / " + this.count();
+    this.slider.value = String(i);
+    this.element.setAttribute("aria-label", this.role("title").textContent + ": slice " + (i + 1) + " of " + this.count());
+    this.showWindow();
+    this.showZoom();
+    this.updateCam();
+    this.updateOutline();
+    this.place();
+  }
+
+  // Shows `cam` ({ url, sliceId, ready }) on its slice; polls while the worker computes it.
+  setCam(cam) {
+    const token = {};
+    this.cam = cam ? { ...cam, token } : null;
+    this.camImg.hidden = true;
+    this.camImg.removeAttribute("src");
+    delete this.camImg.dataset.src;
+    if (!cam || !cam.url) { this.updateCam(); return; }
+    const show = (url) => {
+      if (!this.cam || this.cam.token !== token) return;
+      this.cam.ready = true;
+      this.camImg.src = url;
+      this.camImg.dataset.src = url;
+      this.updateCam();
+    };
+    if (cam.ready) { show(readyUrl(cam.url)); return; }
+    const poll = (tries) => {
+      if (!this.cam || this.cam.token !== token) return;
+      fetch(cam.url, { cache: "no-store", credentials: "same-origin" }).then((r) => {
+        if (r.status === 200) show(readyUrl(cam.url));
+        else if (r.status === 202 && tries > 1) setTimeout(() => poll(tries - 1), POLL_MS);
+        else this.updateCam(r.status === 202 ? "CAM not ready yet" : "CAM unavailable");
+      }).catch(() => { if (tries > 1) setTimeout(() => poll(tries - 1), POLL_MS); });
+    };
+    this.updateCam();
+    poll(POLL_TRIES);
+  }
+
+  updateCam(problem) {
+    const cam = this.cam;
+    const status = this.camStatus;
+    const hint = this.role("cam-hint");
+    const goPair = this.role("go-pair");
+    if (!cam || !this.series) {
+      this.camImg.hidden = true;
+      status.hidden = true;
+      hint.textContent = "";
+      goPair.hidden = true;
+      return;
+    }
+    const camIndex = this.series.slices.indexOf(cam.sliceId);
+    const here = camIndex === this.index();
+    const enabled = this.app.camEnabled();
+    this.camImg.hidden = !(cam.ready && here && enabled);
+    this.camImg.style.opacity = String(this.app.camOpacity());
+    status.hidden = !(here && enabled && !cam.ready);
+    status.textContent = problem || "CAM computing…";
+    goPair.hidden = here || camIndex < 0;
+    hint.textContent = camIndex < 0 ? "" : here ? (cam.ready ? "CAM of result #" + cam.rank : "") : "CAM on slice " + (camIndex + 1);
+  }
+
+  updateOutline() {
+    if (!this.app.outlineEnabled() || !this.series) {
+      this.outline.hidden = true;
+      return;
+    }
+    const imageId = this.viewport.getCurrentImageId();
+    const p = pixelsOf(imageId);
+    if (!p) { this.outline.hidden = true; return; }
+    if (this.outlineFor !== imageId) {
+      drawOutline(this.outline, lungRegion(p.data, p.rows, p.cols, p.hu), p.rows, p.cols);
+      this.outlineFor = imageId;
+    }
+    this.outline.hidden = false;
+  }
+
+  // Puts the overlays on the image's corners in canvas (CSS pixel) coordinates.
+  place() {
+    const vp = this.viewport;
+    const imageId = vp && vp.getCurrentImageId();
+    const p = imageId && pixelsOf(imageId);
+    if (!p) return;
+    const a = vp.worldToCanvas(utilities.imageToWorldCoords(imageId, [0, 0]));
+    const b = vp.worldToCanvas(utilities.imageToWorldCoords(imageId, [p.cols, p.rows]));
+    const left = Math.min(a[0], b[0]);
+    const top = Math.min(a[1], b[1]);
+    const width = Math.abs(b[0] - a[0]);
+    const height = Math.abs(b[1] - a[1]);
+    for (const el of [this.camImg, this.outline]) {
+      el.style.left = left + "px";
+      el.style.top = top + "px";
+      el.style.width = width + "px";
+      el.style.height = height + "px";
+    }
+  }
+
+  probe(evt) {
+    const vp = this.viewport;
+    const imageId = vp && vp.getCurrentImageId();
+    if (!imageId) return;
+    const rect = this.element.getBoundingClientRect();
+    const world = vp.canvasToWorld([evt.clientX - rect.left, evt.clientY - rect.top]);
+    const ij = utilities.worldToImageCoords(imageId, world);
+    const col = Math.floor(ij[0]);
+    const row = Math.floor(ij[1]);
+    const px = pixelAt(imageId, col, row);
+    this.role("probe").textContent = px === null ? "HU –" : (px.hu ? "HU " : "grey ") + px.value + " (" + col + ", " + row + ")";
+  }
+
+  bind() {
+    const E = Enums.Events;
+    this.element.addEventListener(E.STACK_NEW_IMAGE, () => {
+      const i = this.index();
+      const quiet = this.quietIndex === i;
+      this.quietIndex = null;
+      this.refresh();
+      if (!quiet) this.app.scrolled(this);
+    });
+    this.element.addEventListener(E.VOI_MODIFIED, () => this.showWindow());
+    this.element.addEventListener(E.CAMERA_MODIFIED, () => { this.showZoom(); this.place(); });
+    this.element.addEventListener(E.IMAGE_RENDERED, () => this.place());
+    this.element.addEventListener("pointermove", (e) => this.probe(e));
+    this.element.addEventListener("pointerleave", () => { this.role("probe").textContent = "HU –"; });
+    this.element.addEventListener("pointerdown", () => this.app.activate(this));
+    this.element.addEventListener("focus", () => this.app.activate(this));
+    this.element.addEventListener("contextmenu", (e) => e.preventDefault());
+    this.slider.addEventListener("input", () => this.go(parseInt(this.slider.value, 10)));
+    this.root.querySelectorAll("[data-preset]").forEach((b) => {
+      b.addEventListener("click", () => this.preset(b.dataset.preset));
+    });
+    const typed = () => this.setWindow(this.role("ww").value, this.role("wc").value);
+    for (const name of ["ww", "wc"]) {
+      const input = this.role(name);
+      input.addEventListener("change", typed);
+      input.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); typed(); } });
+    }
+    this.role("go-pair").addEventListener("click", () => this.app.goToPair());
+  }
+}
