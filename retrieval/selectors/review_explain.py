@@ -114,7 +114,8 @@ def _stats_key(model_version: ModelVersion) -> str:
     from retrieval.selectors.review import library_checksum
 
     n, mx, total = library_checksum(model_version=model_version)
-    return f"ildreview:radiomics-stats:{model_version.pk}:{n}:{mx}:{total}"
+    born = model_version.created_at.timestamp() if model_version.created_at else 0
+    return f"ildreview:radiomics-stats:{model_version.pk}:{born}:{n}:{mx}:{total}"
 
 
 def library_radiomics_stats(*, model_version: ModelVersion) -> dict[str, tuple[float, float]]:
@@ -183,7 +184,9 @@ def _query_vectors(*, result: StudyResult) -> np.ndarray:
 def _case_best(*, result: StudyResult, case_ids: set[int]) -> dict[int, np.ndarray]:
     """{case id: per-query-slice best similarity} for the cases, from the cache or computed
     from the stored embeddings (cases without embeddings under the version are left out)."""
-    prefix = f"ildreview:case-best:{result.pk}:{result.model_version_id}"
+    # The creation time too: a re-run re-creates the result (a row id may come back).
+    born = result.created_at.timestamp() if result.created_at else 0
+    prefix = f"ildreview:case-best:{result.pk}:{born}:{result.model_version_id}"
     found = cache.get_many([f"{prefix}:{c}" for c in case_ids])
     out = {c: found[f"{prefix}:{c}"] for c in case_ids if f"{prefix}:{c}" in found}
     missing = case_ids - set(out)

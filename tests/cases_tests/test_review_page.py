@@ -28,6 +28,7 @@ from retrieval.models import (
     StudyJob,
     StudyResult,
 )
+from retrieval.engine.case_similarity import case_score, per_slice_best
 from retrieval.pipeline import index_store
 from tests.factories import (
     ReferenceCaseFactory,
@@ -192,7 +193,10 @@ def test_review_page_lists_the_stored_similar_cases_with_diagnosis_score_and_cam
         )
         assert cam in html
         assert reverse("cases:study_detail", args=[h.reference_case.study_id]) in html
-    assert "similarity 0.98<" in html  # rank 1 (no stored embeddings: its ranking score)
+    # Rank 1's case similarity: per query slice its best cosine to the case, averaged.
+    query = np.vstack([unit(1.0, 0.3), unit(1.0, 0.0), unit(0.0, 0.0, 1.0)])
+    exact = case_score(per_slice_best(query, unit(1.0, 0.1)[None, :]))
+    assert f"similarity {exact:.2f}<" in html
 
 
 def test_review_page_shows_the_suggested_diagnosis_and_vote_bars(client, clinician, query_study):
