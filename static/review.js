@@ -114,9 +114,27 @@
     return true;
   }
 
+  // Reading-time metrics (experts): each similar case opened during the reading is counted
+  // once by the server (retrieval/views/review.py: review_event).
+  const reported = new Set();
+  function reportOpened(rank) {
+    if (!config.eventUrl || reported.has(rank)) return;
+    const token = document.querySelector("input[name=csrfmiddlewaretoken]");
+    if (!token) return;
+    reported.add(rank);
+    fetch(config.eventUrl, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": token.value },
+      body: JSON.stringify({ event: "result_opened", rank: rank }),
+    }).catch(function () { reported.delete(rank); });
+  }
+
   function select(rank) {
     const hit = hits.get(rank);
     if (!hit) return false;
+    reportOpened(rank);
+    document.dispatchEvent(new CustomEvent("review:select", { detail: { rank: rank } }));
     if (slices.indexOf(hit.querySlice) < 0) return false; // another series: let the link reload
     selected = rank;
     document.querySelectorAll(".result-card").forEach(function (card) {
@@ -133,6 +151,20 @@
     updateViewerCam();
     return true;
   }
+
+  // "Open case" leaves the page: report with a beacon (form fields, CSRF token included).
+  document.querySelectorAll(".result-card [data-testid=open-case]").forEach(function (a) {
+    a.addEventListener("click", function () {
+      const rank = parseInt(a.closest(".result-card").dataset.rank, 10);
+      const token = document.querySelector("input[name=csrfmiddlewaretoken]");
+      if (!config.eventUrl || !token || reported.has(rank) || !navigator.sendBeacon) return;
+      const body = new FormData();
+      body.append("csrfmiddlewaretoken", token.value);
+      body.append("event", "result_opened");
+      body.append("rank", String(rank));
+      if (navigator.sendBeacon(config.eventUrl, body)) reported.add(rank);
+    });
+  });
 
   document.querySelectorAll(".result-card .select-result").forEach(function (a) {
     a.addEventListener("click", function (e) {
