@@ -105,13 +105,104 @@ class ProjectionHead(nn.Module):
         return nn.functional.normalize(self.net(x), dim=1)
 
 
-HEADS = {"ILDFFN": ILDFFN, "ProjectionHead": ProjectionHead}
+class AdaptiveEmbedding(nn.Module):
+    """The headline embedding: frozen vector kept, learned and radiomics parts gated.
+
+    forward(x (B, deep_dim), y (B, rad_dim)) -> L2-normalised concat of
+    - `alpha * l2(T(x))`, T the fitted transform of the frozen vector: "raw" (identity, i.e.
+      deep_only), "centre" (minus the library mean) or "whiten" (centred, projected on the
+      top `whiten_dim` principal axes and scaled by 1/sqrt(eigenvalue + shrinkage));
+    - `(1 - alpha) * head(x)` when a learned `ProjectionHead` is present (alpha = 1: none);
+    - `w_rad * l2(y)` (standardised radiomics; w_rad = 0: radiomics switched off).
+    Each part is unit-norm before weighting, so the cosine of two embeddings is the weighted
+    sum alpha^2 cos_T + (1-alpha)^2 cos_head + w_rad^2 cos_rad (over a constant): the frozen
+    neighbourhoods are kept in proportion to alpha. alpha = 1, w_rad = 0, transform "raw" is
+    exactly the frozen deep_only embedding. The weights are chosen on inner validation
+    (`selection.py`); `mean` and `proj` are buffers, so artefacts save and load them.
+    """
+
+    def __init__(
+        self,
+        deep_dim: int,
+        rad_dim: int,
+        *,
+        transform: str = "raw",
+        whiten_dim: int = 0,
+        head_dim: int = 0,
+        alpha: float = 1.0,
+        w_rad: float = 0.0,
+    ):
+        super().__init__()
+        if transform not in ("raw", "centre", "whiten"):
+            raise ValueError(f"transform must be raw, centre or whiten, got {transform!r}")
+        self.init_kwargs = {
+            "deep_dim": int(deep_dim),
+            "rad_dim": int(rad_dim),
+            "transform": transform,
+            "whiten_dim": int(whiten_dim),
+            "head_dim": int(head_dim),
+            "alpha": float(alpha),
+            "w_rad": float(w_rad),
+        }
+        self.deep_dim, self.rad_dim = int(deep_dim), int(rad_dim)
+        self.transform, self.alpha, self.w_rad = transform, float(alpha), float(w_rad)
+        self.register_buffer("mean", torch.zeros(self.deep_dim))
+        out_dim = int(whiten_dim) if transform == "whiten" else self.deep_dim
+        self.register_buffer(
+            "proj", torch.zeros(self.deep_dim, out_dim) if transform == "whiten" else None
+        )
+        self.head = ProjectionHead(self.deep_dim, int(head_dim)) if head_dim else None
+
+    def fit_transform_stats(self, deep: np.ndarray, *, shrinkage: float = 0.1) -> AdaptiveEmbedding:
+        """Fit the mean (centre, whiten) and whitening projection on library deep features;
+        shrinkage adds `shrinkage` x the mean eigenvalue to every eigenvalue (so the small,
+        noisy axes are not blown up)."""
+        x = np.asarray(deep, dtype=np.float64)
+        mean = x.mean(axis=0)
+        if self.transform != "raw":
+            self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        if self.transform == "whiten":
+            k = self.proj.shape[1]
+            _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+            eig = s**2 / max(len(x) - 1, 1)
+            k_avail = min(k, len(eig))
+            scale = 1.0 / np.sqrt(eig[:k_avail] + shrinkage * eig.mean() + 1e-12)
+            proj = np.zeros((self.deep_dim, k))
+            proj[:, :k_avail] = vt[:k_avail].T * scale[None, :]
+            self.proj.copy_(torch.as_tensor(proj, dtype=torch.float32))
+        return self
+
+    def frozen_part(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transform == "raw":
+            return nn.functional.normalize(x, dim=1)
+        z = x - self.mean
+        if self.transform == "whiten":
+            z = z @ self.proj
+        return nn.functional.normalize(z, dim=1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.deep_dim or y.shape[-1] != self.rad_dim:
+            raise ValueError(
+                f"AdaptiveEmbedding expects deep {self.deep_dim} and radiomics {self.rad_dim} "
+                f"features, got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        parts = [self.alpha * self.frozen_part(x)]
+        if self.head is not None:
+            parts.append((1.0 - self.alpha) * self.head(x))
+        if self.w_rad > 0:
+            parts.append(self.w_rad * nn.functional.normalize(y, dim=1))
+        return nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
+
+
+HEADS = {"ILDFFN": ILDFFN, "ProjectionHead": ProjectionHead, "AdaptiveEmbedding": AdaptiveEmbedding}
 
 
 def head_from_spec(spec: dict) -> nn.Module:
     """Rebuild a head from {"type": class name, "kwargs": init_kwargs} (artefacts)."""
     cls = HEADS[spec["type"]]
     kwargs = dict(spec["kwargs"])
+    if cls is AdaptiveEmbedding:
+        return AdaptiveEmbedding(kwargs.pop("deep_dim"), kwargs.pop("rad_dim"), **kwargs)
     if cls is ILDFFN:
         return ILDFFN(
             kwargs.pop("deep_dim"), kwargs.pop("rad_dim"), kwargs.pop("embed_dim"), **kwargs
@@ -125,14 +216,18 @@ def head_spec(head: nn.Module) -> dict:
 
 def head_embed(head: nn.Module, fusion: str, deep, rad) -> np.ndarray:
     """(N, E) float32 embeddings of deep (N, p) and radiomics (N, q) features through `head`
-    (set to eval mode, no gradients), fed as `fusion` says: "ildffn" both, "deep" or
+    (set to eval mode, no gradients), fed as `fusion` says: "ildffn" and "adaptive" both, "deep" or
     "radiomics" one of them."""
-    device = next(head.parameters()).device
+    # a head may hold only buffers (AdaptiveEmbedding without a learned part)
+    tensor = next(iter(head.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(head.buffers()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
     head.eval()
     with torch.inference_mode():
         d = torch.as_tensor(np.asarray(deep, np.float32), device=device)
         r = torch.as_tensor(np.asarray(rad, np.float32), device=device)
-        if fusion == "ildffn":
+        if fusion in ("ildffn", "adaptive"):
             out = head(d, r)
         elif fusion == "deep":
             out = head(d)

@@ -229,3 +229,208 @@ def retrieval_metrics(
     out["precision_at_10"] = precision_at_k(query_labels, retrieved, k=10)
     out["recall_at_k"] = recall_at_k(query_labels, retrieved)
     return out
+
+
+# --- Decisions: class-balanced similarity-weighted kNN vote, abstention, case level ---------
+
+
+def class_priors(library_labels: Sequence, classes: Sequence[str]) -> np.ndarray:
+    """Share of each class (in `classes` order) among the library's labels; a class absent from
+    the library gets the smallest positive share, so dividing by it never divides by zero."""
+    lib = np.asarray(library_labels).astype(str)
+    counts = np.array([(lib == str(c)).sum() for c in classes], dtype=np.float64)
+    counts = np.maximum(counts, 0.5)
+    return counts / counts.sum()
+
+
+def balanced_knn_vote(
+    retrieved_labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    k: int,
+    classes: Sequence[str],
+    priors: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Similarity-weighted vote over each query's top k, corrected for class balance.
+
+    Each hit votes for its label with weight max(similarity, 0); a class's total is divided by
+    its prior in the library (`priors`, in `classes` order; None = no correction), so a class
+    that fills 80 % of the library does not win by sheer numbers. The shares are normalised to
+    sum 1 (a query whose top k all have similarity <= 0 counts hits instead).
+
+    Returns {"predicted": labels (Q,), "probs": (Q, C) vote shares, "top_similarity": (Q,)
+    similarity of the best hit, "margin": (Q,) best share minus second-best share}. Ties go to
+    the class of the better-ranked hit.
+    """
+    retrieved = np.asarray(retrieved_labels).astype(str)[:, :k]
+    sims = np.asarray(scores, dtype=np.float64)[:, :k]
+    classes = [str(c) for c in classes]
+    lookup = {c: i for i, c in enumerate(classes)}
+    q = len(retrieved)
+    n_cls = len(classes)
+    idx = np.vectorize(lambda s: lookup.get(s, -1), otypes=[np.int64])(retrieved)
+    weights = np.maximum(sims, 0.0)
+    dead = weights.sum(axis=1) <= 0
+    weights[dead] = 1.0
+    mass = np.zeros((q, n_cls))
+    for j in range(retrieved.shape[1]):
+        ok = idx[:, j] >= 0
+        np.add.at(mass, (np.flatnonzero(ok), idx[ok, j]), weights[ok, j])
+    if priors is not None:
+        mass = mass / np.asarray(priors, dtype=np.float64)[None, :]
+    total = mass.sum(axis=1, keepdims=True)
+    probs = np.divide(mass, total, out=np.zeros_like(mass), where=total > 0)
+    best = probs.max(axis=1)
+    predicted = []
+    for i in range(q):
+        winners = {classes[c] for c in np.flatnonzero(np.isclose(probs[i], best[i]))}
+        predicted.append(next((lab for lab in retrieved[i] if lab in winners), classes[0]))
+    ordered = np.sort(probs, axis=1)
+    margin = ordered[:, -1] - (ordered[:, -2] if n_cls > 1 else 0.0)
+    return {
+        "predicted": np.asarray(predicted),
+        "probs": probs,
+        "top_similarity": sims[:, 0] if sims.shape[1] else np.zeros(q),
+        "margin": margin,
+    }
+
+
+def calibrate_abstain(
+    top_sim: np.ndarray,
+    margin: np.ndarray,
+    correct: np.ndarray,
+    *,
+    target_coverage: float = 0.9,
+    target_accuracy: float | None = None,
+) -> dict:
+    """Abstention thresholds calibrated on validation queries (pure function, stable API).
+
+    Inputs, one per validation query: the best hit's similarity, the vote margin (see
+    `balanced_knn_vote`) and whether the decision was correct. The rule abstains ("no close
+    match") when `top_sim < min_similarity` or `margin < min_margin`.
+
+    Thresholds: `min_similarity` is the (1 - target_coverage) / 2 quantile of the validation
+    top similarities (a query less similar to the library than almost all validation queries
+    has no close match); `min_margin` is then the smallest margin threshold that reaches
+    `target_accuracy` on the queries kept (when given and reachable), else the one that keeps
+    `target_coverage` overall. Returns {"min_similarity", "min_margin", "coverage",
+    "accuracy_at_coverage", "accuracy_all", "n"} measured on the validation queries.
+    """
+    top_sim = np.asarray(top_sim, dtype=np.float64)
+    margin = np.asarray(margin, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    n = len(correct)
+    if not (len(top_sim) == len(margin) == n):
+        raise ValueError("top_sim, margin and correct must have the same length")
+    if not 0.0 < target_coverage <= 1.0:
+        raise ValueError(f"target_coverage must be in (0, 1], got {target_coverage}")
+    if n == 0:
+        return {
+            "min_similarity": -1.0,
+            "min_margin": 0.0,
+            "coverage": 1.0,
+            "accuracy_at_coverage": 0.0,
+            "accuracy_all": 0.0,
+            "n": 0,
+        }
+    sim_share = (1.0 - target_coverage) / 2.0
+    min_sim = float(np.quantile(top_sim, sim_share)) if sim_share > 0 else float(top_sim.min())
+    keep_sim = top_sim >= min_sim
+    candidates = np.unique(np.r_[0.0, margin[keep_sim]])
+    min_margin = 0.0
+    chosen = None
+    if target_accuracy is not None:
+        for t in candidates:  # ascending: the first that reaches the target keeps the most
+            kept = keep_sim & (margin >= t)
+            if kept.any() and correct[kept].mean() >= target_accuracy:
+                chosen = float(t)
+                break
+    if chosen is None:
+        # the margin threshold that leaves target_coverage of all queries answered
+        for t in candidates[::-1]:
+            if (keep_sim & (margin >= t)).mean() >= target_coverage:
+                chosen = float(t)
+                break
+    min_margin = 0.0 if chosen is None else chosen
+    kept = ~abstains(top_sim, margin, {"min_similarity": min_sim, "min_margin": min_margin})
+    return {
+        "min_similarity": min_sim,
+        "min_margin": min_margin,
+        "coverage": float(kept.mean()),
+        "accuracy_at_coverage": float(correct[kept].mean()) if kept.any() else 0.0,
+        "accuracy_all": float(correct.mean()),
+        "n": int(n),
+    }
+
+
+def abstains(top_sim: np.ndarray, margin: np.ndarray, thresholds: dict) -> np.ndarray:
+    """Boolean array: True where the decision is "no close match" under `thresholds` (from
+    `calibrate_abstain`): best similarity or vote margin below its threshold."""
+    top_sim = np.atleast_1d(np.asarray(top_sim, dtype=np.float64))
+    margin = np.atleast_1d(np.asarray(margin, dtype=np.float64))
+    return (top_sim < float(thresholds.get("min_similarity", -np.inf))) | (
+        margin < float(thresholds.get("min_margin", 0.0))
+    )
+
+
+def coverage_metrics(correct: np.ndarray, abstained: np.ndarray) -> dict[str, float]:
+    """Coverage (share answered) and accuracy on the answered queries."""
+    correct = np.asarray(correct, dtype=bool)
+    answered = ~np.asarray(abstained, dtype=bool)
+    return {
+        "coverage": float(answered.mean()) if answered.size else 0.0,
+        "accuracy_at_coverage": float(correct[answered].mean()) if answered.any() else 0.0,
+    }
+
+
+def case_metrics(
+    query_patients: Sequence,
+    query_labels: Sequence,
+    retrieved_patients: np.ndarray,
+    retrieved_labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    labels: Sequence[str] | None = None,
+    k_cases: int = 10,
+) -> dict:
+    """Case-level retrieval: the slices of one query patient are pooled into one case query.
+
+    Aggregation (as `query.rank_cases` with aggregate "sum"): a reference case's score is the
+    mean over the query patient's slices of the best similarity any of its slices reaches in
+    that slice's hit list (0 when absent). Reference cases are ranked by that score; the case
+    label is the label of the best-ranked case (top-1 case label); case mAP@k_cases is AP over
+    the ranked cases (relevant = same label). Returns the classification metrics of the top-1
+    case label plus `case_map_at_10` and `n_cases`.
+    """
+    qp = np.asarray(query_patients).astype(str)
+    ql = np.asarray(query_labels).astype(str)
+    rp = np.asarray(retrieved_patients).astype(str)
+    rl = np.asarray(retrieved_labels).astype(str)
+    sc = np.asarray(scores, dtype=np.float64)
+    true, pred, rel_rows = [], [], []
+    for patient in sorted(set(qp.tolist())):
+        rows = np.flatnonzero(qp == patient)
+        best: dict[str, dict[int, float]] = {}
+        case_label: dict[str, str] = {}
+        for qi, r in enumerate(rows):
+            for j in range(rp.shape[1]):
+                case = rp[r, j]
+                per_q = best.setdefault(case, {})
+                per_q[qi] = max(per_q.get(qi, -np.inf), sc[r, j])
+                case_label[case] = rl[r, j]
+        ranked = sorted(best, key=lambda c: (-sum(best[c].values()) / len(rows), c))
+        label = ql[rows[0]]
+        true.append(label)
+        pred.append(case_label[ranked[0]])
+        rel = np.zeros(k_cases, dtype=bool)
+        for i, case in enumerate(ranked[:k_cases]):
+            rel[i] = case_label[case] == label
+        rel_rows.append(rel)
+    out = classification_metrics(true, pred, labels=labels)
+    rel_m = np.vstack(rel_rows) if rel_rows else np.zeros((0, k_cases), bool)
+    return {
+        "case_macro_f1": out["macro_f1"],
+        "case_accuracy": out["accuracy"],
+        "case_map_at_10": float(average_precision_at_k(rel_m).mean()) if rel_rows else 0.0,
+        "n_cases": len(true),
+    }

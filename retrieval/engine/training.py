@@ -51,6 +51,12 @@ class TrainConfig:
     reduce_deep: int | None = None  # ILD-FFN: linear reduction of X before the outer product
     device: str | None = None  # None: CUDA when available
     input_size: int | None = None  # end-to-end: backbone input side (None: slice size)
+    # Fixes measured in docs/evaluation.md (defaults keep the paper's recipe):
+    patience: int | None = None  # early stopping on the validation set given to train_head
+    hard_negatives: bool = False  # paper loss: hardest in-batch negative of each other class
+    feature_noise: float = 0.0  # gaussian noise, in units of each feature's std, on inputs
+    feature_dropout: float = 0.0  # dropout probability on input features while training
+    val_k: int = 10  # k of the validation kNN vote (early stopping score)
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
@@ -61,6 +67,10 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.batch_size < 1 or self.epochs < 0:
             raise ValueError("batch_size must be >= 1 and epochs >= 0")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError("patience must be >= 1 (or None: no early stopping)")
+        if not (0.0 <= self.feature_dropout < 1.0) or self.feature_noise < 0:
+            raise ValueError("feature_dropout must be in [0, 1) and feature_noise >= 0")
 
 
 def make_head(config: TrainConfig, *, deep_dim: int, rad_dim: int) -> nn.Module:
@@ -74,7 +84,9 @@ def make_head(config: TrainConfig, *, deep_dim: int, rad_dim: int) -> nn.Module:
 
 def _loss(config: TrainConfig) -> nn.Module:
     if config.loss == "paper":
-        return PaperContrastiveLoss(margin=config.margin, seed=config.seed)
+        loss = PaperContrastiveLoss(margin=config.margin, seed=config.seed)
+        loss.hard_negatives = config.hard_negatives
+        return loss
     return SupConLoss(temperature=config.temperature)
 
 
@@ -124,11 +136,37 @@ def _batch_loss(
     ip = torch.as_tensor(inverse[b : 2 * b], device=emb.device)
     ineg = torch.as_tensor(inverse[2 * b :].reshape(neg.shape), device=emb.device)
     if isinstance(loss_fn, PaperContrastiveLoss):
+        if getattr(loss_fn, "hard_negatives", False):
+            negatives = hardest_negatives(emb, labels[union], ia, labels[anchors])
+        else:
+            negatives = emb[ineg]
         return loss_fn.pair_loss(
-            emb[ia], emb[ip], emb[ineg], negative_mask=torch.as_tensor(ok, device=emb.device)
+            emb[ia], emb[ip], negatives, negative_mask=torch.as_tensor(ok, device=emb.device)
         )
     y = torch.as_tensor(labels[union], device=emb.device)
     return loss_fn(emb, y)
+
+
+def hardest_negatives(
+    emb: torch.Tensor, union_labels: np.ndarray, anchor_rows: torch.Tensor, anchor_labels
+) -> torch.Tensor:
+    """(B, C-1, E): for each anchor and each other class (ascending class order, as
+    `sample_partners`), the batch member of that class closest to the anchor. The sampled
+    partners guarantee every class is in the batch."""
+    classes = np.unique(union_labels)
+    a = emb[anchor_rows]
+    dist = torch.cdist(a.detach(), emb.detach())  # (B, U), selection needs no gradient
+    lab = torch.as_tensor(union_labels, device=emb.device)
+    rows = []
+    for i, own in enumerate(np.asarray(anchor_labels).tolist()):
+        picks = []
+        for c in classes:
+            if c == own:
+                continue
+            d = dist[i].masked_fill(lab != int(c), float("inf"))
+            picks.append(int(torch.argmin(d)))
+        rows.append(picks)
+    return emb[torch.as_tensor(rows, device=emb.device, dtype=torch.long)]
 
 
 def _check_inputs(deep, rad, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -155,10 +193,14 @@ def train_head(
     labels: np.ndarray,
     config: TrainConfig,
     progress: Progress | None = None,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train the head selected by `config.fusion` on cached features (radiomics already
     standardised). Returns (head in eval mode, metrics) — metrics: loss per epoch, seconds,
-    sizes."""
+    sizes; with `val` = (deep, rad, labels) of held-out patients also the validation score per
+    epoch (macro F1 of the class-balanced kNN vote of the validation rows against the training
+    rows), the best epoch, and the head is the best epoch's (early stopping after
+    `config.patience` epochs without improvement)."""
     config.validate()
     deep, rad, labels = _check_inputs(deep, rad, labels)
     torch.manual_seed(config.seed)
@@ -167,17 +209,77 @@ def train_head(
     head = make_head(config, deep_dim=deep.shape[1], rad_dim=rad.shape[1]).to(device)
     d_all = torch.as_tensor(deep, device=device)
     r_all = torch.as_tensor(rad, device=device)
+    d_std = d_all.std(dim=0, keepdim=True) + 1e-6
+    r_std = r_all.std(dim=0, keepdim=True) + 1e-6
+    augment = config.feature_noise > 0 or config.feature_dropout > 0
+
+    def _augment(x: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        if config.feature_noise > 0:
+            x = x + config.feature_noise * std * torch.randn_like(x)
+        if config.feature_dropout > 0:
+            x = nn.functional.dropout(x, p=config.feature_dropout, training=True)
+        return x
 
     def emb_of(idx: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(idx, device=device)
+        d, r = d_all[t], r_all[t]
+        if augment and head.training:
+            d, r = _augment(d, d_std), _augment(r, r_std)
         if config.fusion == "ildffn":
-            return head(d_all[t], r_all[t])
-        return head(d_all[t] if config.fusion == "deep" else r_all[t])
+            return head(d, r)
+        return head(d if config.fusion == "deep" else r)
+
+    validate = None
+    if val is not None:
+        from retrieval.engine.fusion import head_embed
+
+        v_deep, v_rad, v_labels = _check_inputs(*val)
+
+        def validate() -> float:
+            return knn_val_score(
+                head_embed(head, config.fusion, deep, rad),
+                labels,
+                head_embed(head, config.fusion, v_deep, v_rad),
+                v_labels,
+                k=config.val_k,
+            )
 
     history = _run_epochs(
-        [head], emb_of=emb_of, labels=labels, config=config, rng=rng, progress=progress
+        [head],
+        emb_of=emb_of,
+        labels=labels,
+        config=config,
+        rng=rng,
+        progress=progress,
+        validate=validate,
     )
     return head.eval(), history
+
+
+def knn_val_score(
+    train_emb: np.ndarray, train_labels, val_emb: np.ndarray, val_labels, *, k: int = 10
+) -> float:
+    """Macro F1 of the class-balanced similarity-weighted kNN vote (metrics.balanced_knn_vote)
+    of validation embeddings against training embeddings (cosine)."""
+    from retrieval.engine import metrics
+
+    tr = metrics.l2_normalise(train_emb)
+    va = metrics.l2_normalise(val_emb)
+    k = min(k, len(tr))
+    sims = va @ tr.T
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    train_labels = np.asarray(train_labels).astype(str)
+    classes = sorted(set(train_labels.tolist()) | set(np.asarray(val_labels).astype(str)))
+    vote = metrics.balanced_knn_vote(
+        train_labels[top],
+        np.take_along_axis(sims, top, axis=1),
+        k=k,
+        classes=classes,
+        priors=metrics.class_priors(train_labels, classes),
+    )
+    return metrics.classification_metrics(
+        np.asarray(val_labels).astype(str), vote["predicted"], labels=classes
+    )["macro_f1"]
 
 
 def _run_epochs(
@@ -188,9 +290,14 @@ def _run_epochs(
     config: TrainConfig,
     rng: np.random.Generator,
     progress: Progress | None,
+    validate: Callable[[], float] | None = None,
 ) -> dict:
-    """Train all parameters of `modules` (Adam, the config's loss) for `config.epochs` epochs
-    of anchor batches; returns the metrics (loss per epoch, seconds, sizes)."""
+    """Train all parameters of `modules` (Adam, the config's loss) for up to `config.epochs`
+    epochs of anchor batches; with `validate` (a score, higher is better, computed in eval
+    mode after each epoch) keep the best epoch's weights and stop after `config.patience`
+    epochs without improvement. Returns the metrics (loss per epoch, seconds, sizes...)."""
+    import copy
+
     loss_fn = _loss(config)
     opt = torch.optim.Adam(
         [p for m in modules for p in m.parameters()],
@@ -200,6 +307,8 @@ def _run_epochs(
     n = len(labels)
     t0 = time.perf_counter()
     losses: list[float] = []
+    val_scores: list[float] = []
+    best_score, best_epoch, best_states = -np.inf, 0, None
     for epoch in range(config.epochs):
         for m in modules:
             m.train()
@@ -214,12 +323,30 @@ def _run_epochs(
             total += float(loss.detach())
             batches += 1
         losses.append(total / max(batches, 1))
+        if validate is not None:
+            for m in modules:
+                m.eval()
+            score = float(validate())
+            val_scores.append(score)
+            if score > best_score + 1e-4:  # ties keep the earlier (less trained) epoch
+                best_score, best_epoch = score, epoch + 1
+                best_states = [copy.deepcopy(m.state_dict()) for m in modules]
         if progress:
             progress(epoch + 1, config.epochs)
-    return {
+        if (
+            validate is not None
+            and config.patience is not None
+            and epoch + 1 - best_epoch >= config.patience
+        ):
+            break
+    if best_states is not None:
+        for m, state in zip(modules, best_states, strict=True):
+            m.load_state_dict(state)
+    out = {
         "loss_history": losses,
         "final_loss": losses[-1] if losses else None,
         "epochs": config.epochs,
+        "epochs_run": len(losses),
         "n_train": int(n),
         "n_classes": int(len(np.unique(labels))),
         "train_seconds": round(time.perf_counter() - t0, 3),
@@ -227,6 +354,9 @@ def _run_epochs(
         "loss": config.loss,
         "mode": config.mode,
     }
+    if validate is not None:
+        out.update({"val_history": val_scores, "best_epoch": best_epoch, "best_val": best_score})
+    return out
 
 
 def train_end_to_end(

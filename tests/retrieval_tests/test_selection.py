@@ -1,0 +1,165 @@
+"""The headline's adaptive embedding: inner-validation selection, the radiomics gate, the
+frozen fallback, abstention, and the recipe's model that serves it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval.engine import metrics
+from retrieval.engine.fusion import AdaptiveEmbedding, head_embed, head_from_spec, head_spec
+from retrieval.engine.selection import SelectionConfig, select_embedding
+from retrieval.engine.training import TrainConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spinning on 2 busy shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _patients_data(*, deep_signal: float, rad_signal: float, seed: int = 0):
+    """3 classes x 8 patients x 3 slices. Each class has a centre in deep space (strength
+    `deep_signal`) and in radiomics space (`rad_signal`); each patient a jitter around it; the
+    rest is noise."""
+    rng = np.random.default_rng(seed)
+    deep_c = rng.normal(size=(3, 64))
+    rad_c = rng.normal(size=(3, 20))
+    deep, rad, labels, patients = [], [], [], []
+    for c in range(3):
+        for p in range(8):
+            d_p = rng.normal(size=64) * 0.5
+            r_p = rng.normal(size=20) * 0.5
+            for _ in range(3):
+                deep.append(deep_signal * deep_c[c] + d_p + rng.normal(size=64))
+                rad.append(rad_signal * rad_c[c] + r_p + rng.normal(size=20))
+                labels.append(f"class{c}")
+                patients.append(f"c{c}p{p}")
+    deep = np.abs(np.asarray(deep, np.float32) + 5.0)  # GeM vectors are positive
+    return deep, np.asarray(rad, np.float32), np.asarray(labels), np.asarray(patients)
+
+
+GATE_ONLY = {"transforms": ("raw",), "alphas": (1.0,), "w_rads": (0.0, 0.3, 0.6, 1.0, 3.0)}
+
+
+def test_gate_switches_radiomics_off_when_radiomics_is_noise():
+    deep, rad, labels, patients = _patients_data(deep_signal=1.5, rad_signal=0.0)
+    sel = select_embedding(
+        deep=deep, rad=rad, labels=labels, patients=patients, config=SelectionConfig(**GATE_ONLY)
+    )
+    assert sel.chosen["w_rad"] == 0.0
+    assert sel.model.w_rad == 0.0
+    # with w 0 the embedding is exactly the frozen deep_only vector
+    np.testing.assert_allclose(
+        head_embed(sel.model, "adaptive", deep, rad), metrics.l2_normalise(deep), atol=1e-5
+    )
+
+
+def test_gate_switches_radiomics_on_when_only_radiomics_carries_the_classes():
+    deep, rad, labels, patients = _patients_data(deep_signal=0.0, rad_signal=2.0)
+    sel = select_embedding(
+        deep=deep, rad=rad, labels=labels, patients=patients, config=SelectionConfig(**GATE_ONLY)
+    )
+    assert sel.chosen["w_rad"] > 0.0
+    assert sel.chosen["inner_macro_f1"] > sel.chosen["inner_macro_f1_frozen"] + 0.2
+
+
+def test_selection_falls_back_to_frozen_when_the_trained_candidate_is_worse():
+    # The learned part is a 2-d head that never learns (lr 0): mixing it into the frozen
+    # vector only adds noise, so every residual candidate scores at most the frozen one.
+    deep, rad, labels, patients = _patients_data(deep_signal=1.0, rad_signal=0.0)
+    untrained = TrainConfig(
+        loss="supcon", lr=0.0, epochs=2, batch_size=32, embed_dim=2, fusion="deep",
+        patience=1, device="cpu",
+    )  # fmt: skip
+    config = SelectionConfig(
+        transforms=("raw",), alphas=(1.0, 0.6, 0.4), w_rads=(0.0,), head=untrained
+    )
+    sel = select_embedding(deep=deep, rad=rad, labels=labels, patients=patients, config=config)
+    assert sel.scores["raw/a1/w0"] >= max(sel.scores["raw/a0.6/w0"], sel.scores["raw/a0.4/w0"])
+    assert sel.chosen["candidate"] == "raw/a1/w0"
+    assert sel.model.head is None  # nothing learned is served
+
+
+def test_selection_keeps_frozen_when_a_class_has_a_single_patient():
+    deep, rad, labels, patients = _patients_data(deep_signal=1.0, rad_signal=0.0)
+    patients = np.where(labels == "class0", "only-one", patients)
+    sel = select_embedding(deep=deep, rad=rad, labels=labels, patients=patients)
+    assert sel.chosen["candidate"] == "raw/a1/w0"
+    assert "fewer than 2 patients" in sel.chosen["reason"]
+
+
+def test_adaptive_embedding_round_trips_through_its_spec_and_state():
+    rng = np.random.default_rng(0)
+    deep = np.abs(rng.normal(size=(40, 16))).astype(np.float32)
+    rad = rng.normal(size=(40, 5)).astype(np.float32)
+    model = AdaptiveEmbedding(
+        16, 5, transform="whiten", whiten_dim=8, head_dim=4, alpha=0.6, w_rad=0.3
+    )
+    model.fit_transform_stats(deep)
+    rebuilt = head_from_spec(head_spec(model))
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    np.testing.assert_array_equal(
+        head_embed(rebuilt, "adaptive", deep, rad), head_embed(model, "adaptive", deep, rad)
+    )
+    emb = head_embed(model, "adaptive", deep, rad)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_abstention_happens_below_the_calibrated_thresholds():
+    rng = np.random.default_rng(0)
+    top_sim = rng.uniform(0.5, 1.0, 400)
+    margin = rng.uniform(0.0, 1.0, 400)
+    correct = rng.random(400) < 0.4 + 0.6 * margin  # confident votes are right more often
+    thr = metrics.calibrate_abstain(top_sim, margin, correct, target_coverage=0.8)
+    assert 0.75 <= thr["coverage"] <= 0.85
+    assert thr["accuracy_at_coverage"] > thr["accuracy_all"]
+    lo_sim, lo_margin = thr["min_similarity"] - 1e-3, thr["min_margin"] - 1e-3
+    hi_sim, hi_margin = thr["min_similarity"] + 1e-3, thr["min_margin"] + 1e-3
+    assert metrics.abstains(
+        [lo_sim, hi_sim, hi_sim], [hi_margin, lo_margin, hi_margin], thr
+    ).tolist() == [
+        True,
+        True,
+        False,
+    ]
+
+
+def test_abstention_reaches_a_target_accuracy_when_asked():
+    margin = np.linspace(0, 1, 101)
+    correct = margin > 0.3  # every vote above margin 0.3 is right
+    thr = metrics.calibrate_abstain(
+        np.ones(101), margin, correct, target_coverage=1.0, target_accuracy=1.0
+    )
+    assert thr["accuracy_at_coverage"] == 1.0
+    assert thr["min_margin"] == pytest.approx(0.31)
+
+
+def test_balanced_vote_corrects_for_a_majority_class():
+    # 3 hits of the majority class (80 % of the library) against 2 of the minority
+    retrieved = np.array([["a", "a", "b", "a", "b"]])
+    scores = np.array([[0.9, 0.9, 0.9, 0.9, 0.9]])
+    plain = metrics.balanced_knn_vote(retrieved, scores, k=5, classes=["a", "b"])
+    fair = metrics.balanced_knn_vote(
+        retrieved, scores, k=5, classes=["a", "b"], priors=np.array([0.8, 0.2])
+    )
+    assert plain["predicted"][0] == "a"
+    assert fair["predicted"][0] == "b"
+    assert fair["margin"][0] == pytest.approx(abs(fair["probs"][0, 1] - fair["probs"][0, 0]))
+
+
+def test_case_metrics_pool_a_patients_slices():
+    # patient q1 (label a): slice 1 best matches a "b" case once, but case r1 ("a") is near
+    # both slices, so the case-level answer is "a"
+    retrieved_patients = np.array([["r2", "r1"], ["r1", "r3"]])
+    retrieved_labels = np.array([["b", "a"], ["a", "b"]])
+    scores = np.array([[0.95, 0.9], [0.9, 0.5]])
+    out = metrics.case_metrics(
+        ["q1", "q1"], ["a", "a"], retrieved_patients, retrieved_labels, scores, labels=["a", "b"]
+    )
+    assert out["n_cases"] == 1
+    assert out["case_accuracy"] == 1.0
