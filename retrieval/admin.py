@@ -4,8 +4,11 @@ Pipeline records (features, embeddings, jobs, results) are written only by the p
 shown read-only. Model versions are activated with an admin action that queues
 `retrieval.tasks.model_version_activate_and_reembed`: the library is re-embedded in the
 background and the switch happens when it is done, so the current version keeps answering
-queries meanwhile. New versions are trained from the TrainingRun list ("Train a new model"),
-which queues `retrieval.tasks.model_version_train` on the gpu queue and shows its progress.
+queries meanwhile. A version that the held-out gate shows worse than the frozen backbone or the
+active version is activated only with a written reason (an intermediate page asks for it; the
+reason and the figures go to the audit log). New versions are trained from the TrainingRun
+list ("Train a new model"), which queues `retrieval.tasks.model_version_train` on the gpu queue
+and shows its progress.
 """
 
 from __future__ import annotations
@@ -49,8 +52,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_filter = ("is_active", "backbone", "created_at")
     search_fields = ("name", "backbone", "artefact_dir", "backbone_weights_sha256")
     # Activation goes through the action so that the library is re-embedded first.
-    readonly_fields = ("is_active", "created_at", "reference_index")
-    exclude = ("index_info",)
+    readonly_fields = ("is_active", "created_at", "held_out", "reference_index")
+    exclude = ("index_info", "holdout")
     actions = ["activate_selected"]
 
     @admin.display(description="reference index")
@@ -99,30 +102,76 @@ class ModelVersionAdmin(admin.ModelAdmin):
         url = reverse("retrieval:model_detail", args=[obj.pk])
         return format_html('<a href="{}">{}</a>', url, "report" if obj.report_dir else "details")
 
+    @admin.display(description="held-out gate")
+    def held_out(self, obj: ModelVersion) -> str:
+        """The held-out gate's table (`retrieval.engine.holdout`): frozen backbone, active
+        version at training time and this version, on held-out library patients."""
+        from retrieval.views.model_versions import holdout_rows
+
+        gate = holdout_rows(obj.holdout or {})
+        if not gate["rows"]:
+            return gate["note"]
+        return format_html(
+            "<table><tr><th></th><th>macro F1</th><th>accuracy</th><th>mAP@10</th></tr>{}</table>"
+            "<p>{}</p>",
+            format_html_join(
+                "", "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td></tr>", gate["rows"]
+            ),
+            gate["note"],
+        )
+
     @admin.action(description="Activate (re-embed the library in the background)")
-    def activate_selected(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+    def activate_selected(self, request: HttpRequest, queryset: QuerySet[ModelVersion]):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one model version.", messages.ERROR)
-            return
+            return None
         version = queryset.get()
         if version.is_active:
             self.message_user(request, f"{version.name} is already active.", messages.WARNING)
-            return
+            return None
+        from retrieval.services import model_version_gate_check
 
-        def publish(version_id=version.pk):
+        check = model_version_gate_check(version=version)
+        reason = request.POST.get("override_reason", "").strip()
+        if check["reasons"] and not reason:
+            # Worse on held-out patients: ask for a written reason (an intermediate page that
+            # posts the action again with it).
+            from retrieval.views.model_versions import holdout_rows
+
+            if "override" in request.POST:
+                self.message_user(
+                    request, "Activating a worse version needs a written reason.", messages.ERROR
+                )
+            return TemplateResponse(
+                request,
+                "retrieval/admin/activate_confirm.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "opts": self.model._meta,
+                    "title": f"Activate {version.name}?",
+                    "version": version,
+                    "reasons": check["reasons"],
+                    "gate": holdout_rows(version.holdout or {}),
+                    "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                },
+            )
+
+        def publish(version_id=version.pk, reason=reason, actor_id=request.user.pk):
             from retrieval.tasks import model_version_activate_and_reembed
 
-            model_version_activate_and_reembed.delay(version_id)
+            model_version_activate_and_reembed.delay(version_id, reason, actor_id)
 
         transaction.on_commit(publish)
         current = ModelVersion.objects.filter(is_active=True).first()
         keeps = f"{current.name} keeps answering queries" if current else "no version is active"
+        override = " (override recorded in the audit log)" if check["reasons"] else ""
         self.message_user(
             request,
             f"Re-embedding the reference library with {version.name} in the background; "
-            f"{keeps} until it is done, then {version.name} becomes the active model.",
+            f"{keeps} until it is done, then {version.name} becomes the active model{override}.",
             messages.SUCCESS,
         )
+        return None
 
 
 @admin.register(SliceFeatures)

@@ -178,11 +178,16 @@ def reference_case_sync(reference_case_id: int) -> int:
     time_limit=LONG_SOFT_LIMIT + 120,
     **RETRY,
 )
-def model_version_activate_and_reembed(model_version_id: int) -> int:
-    """Re-embed the approved library with a version, then make it the active one."""
+def model_version_activate_and_reembed(
+    model_version_id: int, override_reason: str = "", actor_id: int | None = None
+) -> int:
+    """Re-embed the approved library with a version, then make it the active one (through the
+    held-out gate; `override_reason` given by the admin who activates a worse version)."""
     from retrieval.pipeline.reference import model_version_activate_and_reembed as run
 
-    return run(model_version_id=model_version_id)
+    return run(
+        model_version_id=model_version_id, override_reason=override_reason, actor_id=actor_id
+    )
 
 
 @shared_task(

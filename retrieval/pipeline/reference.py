@@ -151,14 +151,28 @@ def library_reconcile(*, model_version: ModelVersion, progress: Progress | None 
     return len(todo)
 
 
-def model_version_activate_and_reembed(*, model_version_id: int) -> int:
-    """Re-embed the approved library with the version, then activate it; the previously
-    active version answers queries until the switch. Returns the number of cases embedded."""
-    from retrieval.services import model_version_activate
+def model_version_activate_and_reembed(
+    *, model_version_id: int, override_reason: str = "", actor_id: int | None = None
+) -> int:
+    """Re-embed the approved library with the version, then activate it through the held-out
+    gate (`override_reason` as in `services.model_version_activate`, checked before the costly
+    re-embedding too); the previously active version answers queries until the switch.
+    Returns the number of cases embedded."""
+    from django.contrib.auth import get_user_model
+
+    from retrieval.services import (
+        ModelVersionGateError,
+        model_version_activate,
+        model_version_gate_check,
+    )
 
     version = ModelVersion.objects.get(pk=model_version_id)
+    actor = get_user_model().objects.filter(pk=actor_id).first() if actor_id else None
+    reasons = model_version_gate_check(version=version)["reasons"]
+    if reasons and not override_reason.strip():
+        raise ModelVersionGateError(f"{version.name} is not activated: " + "; ".join(reasons))
     n = library_reconcile(model_version=version)
-    model_version_activate(version=version)
+    model_version_activate(version=version, actor=actor, override_reason=override_reason)
     # Cases approved while we were embedding were synced into the old version only.
     n += library_reconcile(model_version=version)
     return n

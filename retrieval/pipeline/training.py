@@ -70,14 +70,22 @@ def training_run_start(
 
 
 def training_run_execute(*, training_run_id: int) -> ModelVersion | None:
-    """Train, save, evaluate and register (inactive); the run records progress and outcome.
+    """Gate, train, save, evaluate and register (inactive); the run records progress and
+    outcome. The held-out gate's table (`retrieval.pipeline.gate.library_gate_table`) is stored
+    on the version; activating it goes through the gate (`services.model_version_activate`).
 
     The evaluation report (`report.json` / `report.html` in the artefact's `report/` folder,
     the version's `report_dir`) is a leave-one-case-out retrieval over the library the model
     was trained on: optimistic, but it shows at once whether training separated the classes;
     `manage.py evaluate_retrieval` gives held-out figures.
     """
-    from retrieval.pipeline.bootstrap import artefact_train, library_prepare
+    from retrieval.pipeline.bootstrap import (
+        artefact_train,
+        library_prepare,
+        library_recipe_config,
+    )
+    from retrieval.pipeline.gate import library_gate_table, library_patients
+    from retrieval.selectors import model_version_active
     from retrieval.services import model_version_register
 
     run = TrainingRun.objects.get(pk=training_run_id)
@@ -109,6 +117,18 @@ def training_run_execute(*, training_run_id: int) -> ModelVersion | None:
             size=size,
             progress=lambda done, total: percent(_PREPARE_END * done / max(total, 1)),
         )
+        # The held-out gate's table (the recipe on part of the patients, against the frozen
+        # backbone and the active version); activation compares these figures.
+        holdout = library_gate_table(
+            prepared=prepared,
+            labels=[class_names[i] for i in labels],
+            patients=library_patients(case_ids=case_ids),
+            class_names=class_names,
+            config=library_recipe_config(
+                backbone_name=backbone, weights=weights, size=size, epochs=epochs
+            ),
+            active=model_version_active(),
+        )
         artefact_train(
             prepared=prepared,
             labels=labels,
@@ -136,7 +156,7 @@ def training_run_execute(*, training_run_id: int) -> ModelVersion | None:
             },
         )
         version = model_version_register(
-            artefact_dir=out, name=name, report_dir=str(out / "report")
+            artefact_dir=out, name=name, report_dir=str(out / "report"), holdout=holdout
         )
         # The headline figures beside the training metrics, for the admin's list.
         version.metrics = {**version.metrics, **_headline(report)}

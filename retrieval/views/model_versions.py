@@ -54,12 +54,66 @@ def _headline(metrics: dict) -> list[tuple[str, float]]:
     ]
 
 
+def _signed(value) -> str:
+    return f"{value:+.3f}" if isinstance(value, int | float) else ""
+
+
+def holdout_rows(table: dict) -> dict:
+    """The held-out gate's table (`ModelVersion.holdout`) as rows for the pages and the admin:
+    {"rows": [(title, macro F1, accuracy, mAP@10)] for the frozen backbone, the active version
+    (at training time) and this version, then the differences of this version to each;
+    "note": the split it was measured on, or why there is no table}."""
+    from retrieval.engine.holdout import METRICS, ROW_TITLES, ROWS
+
+    rows = (table or {}).get("rows") or {}
+    if not rows:
+        return {
+            "rows": [],
+            "note": (table or {}).get("skipped") or "Not evaluated on held-out patients.",
+        }
+    out = []
+    for name in ROWS:
+        row = rows.get(name)
+        if not row:
+            continue
+        title = ROW_TITLES[name] + (f" ({row['version']})" if row.get("version") else "")
+        out.append((title, *[_fmt(row.get(m)) for m in METRICS]))
+    for key, delta in (table.get("deltas") or {}).items():
+        other = ROW_TITLES.get(key.removeprefix("vs_"), key)
+        out.append((f"this version − {other}", *[_signed(delta.get(m)) for m in METRICS]))
+    note = (
+        f"{table.get('n_heldout_slices', '?')} held-out slices of "
+        f"{table.get('n_heldout_patients', '?')} patients; the recipe trained on "
+        f"{table.get('n_train_patients', '?')} other patients (seed {table.get('seed', 0)})."
+    )
+    if table.get("serves"):
+        note += f" This version serves the {table['serves']}."
+    return {"rows": out, "note": note}
+
+
+def _list_gate(table: dict) -> list[tuple[str, str]]:
+    """(title, macro F1) of this version, the frozen backbone and the active version."""
+    from retrieval.engine.holdout import ROW_TITLES
+
+    rows = (table or {}).get("rows") or {}
+    return [
+        (ROW_TITLES[name], _fmt(rows[name].get("macro_f1")))
+        for name in ("this", "frozen", "active")
+        if name in rows
+    ]
+
+
 @require_GET
 def model_list(request: HttpRequest) -> HttpResponse:
-    """Every model version, newest first, the active one marked, with headline metrics."""
+    """Every model version, newest first, the active one marked, with headline metrics and the
+    held-out gate's macro F1 (this version, frozen backbone, active version)."""
     _require_expert_or_admin(request)
     rows = [
-        {"version": v, "headline": _headline(v.metrics or {})}
+        {
+            "version": v,
+            "headline": _headline(v.metrics or {}),
+            "gate": _list_gate(v.holdout or {}),
+        }
         for v in selectors.model_version_list()
     ]
     return render(request, "retrieval/model_list.html", {"rows": rows})
@@ -79,6 +133,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "version": version,
             "headline": _headline(version.metrics or {}),
+            "gate": holdout_rows(version.holdout or {}),
             "config_rows": _rows(version.config or {}),
             "metric_rows": _rows(version.metrics or {}),
             "report": _report_tables(report) if report else None,

@@ -155,6 +155,13 @@ def test_training_launched_from_the_admin_registers_an_inactive_version_with_its
     report_dir = Path(version.report_dir)
     assert (report_dir / "report.html").is_file() and (report_dir / "report.json").is_file()
     assert 0.0 <= version.metrics["macro_f1"] <= 1.0
+    # The held-out gate's table: frozen backbone, the active version and this one, scored on
+    # one held-out patient per class.
+    assert set(version.holdout["rows"]) == {"frozen", "active", "this"}
+    assert version.holdout["rows"]["active"]["version"] == active_version.name
+    assert version.holdout["n_heldout_patients"] == 3
+    for row in version.holdout["rows"].values():
+        assert 0.0 <= row["macro_f1"] <= 1.0 and 0.0 <= row["map_at_10"] <= 1.0
     # The report page of the new version serves its HTML report.
     page = client.get(reverse("retrieval:model_report_file", args=[version.pk, "report.html"]))
     assert page.status_code == 200 and b"Retrieval evaluation" in b"".join(page.streaming_content)

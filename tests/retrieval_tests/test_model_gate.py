@@ -212,3 +212,73 @@ def test_bootstrap_model_serves_the_frozen_backbone_when_no_patient_can_be_held_
     trained = ModelVersion.objects.exclude(pk=active.pk).get()
     assert not trained.is_active and "skipped" in trained.holdout
     assert active.reference_embeddings.count() == 6  # the library is embedded with it
+
+
+# --- admin and pages ---------------------------------------------------------------------
+
+
+def _admin_activate(client, version, **extra):
+    from django.urls import reverse
+
+    return client.post(
+        reverse("admin:retrieval_modelversion_changelist"),
+        {"action": "activate_selected", "_selected_action": [version.pk], **extra},
+        follow=True,
+    )
+
+
+@pytest.mark.django_db
+def test_admin_asks_for_a_reason_before_activating_a_worse_version_and_records_it(
+    client, admin_user, library, active_version, tiny_artefact, django_capture_on_commit_callbacks
+):
+    worse = ModelVersion.objects.create(
+        name="tiny-worse",
+        artefact_dir=str(tiny_artefact),
+        backbone="efficientnet_lite0",
+        holdout=_table(this=0.5, frozen=0.9),
+    )
+    client.force_login(admin_user)
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        page = _admin_activate(client, worse).content.decode()
+        empty = _admin_activate(client, worse, override="1", override_reason=" ").content.decode()
+    assert callbacks == []  # nothing queued without a reason
+    assert "frozen backbone&#x27;s 0.900" in page and 'name="override_reason"' in page
+    assert "needs a written reason" in empty
+
+    with django_capture_on_commit_callbacks(execute=True):
+        done = _admin_activate(client, worse, override="1", override_reason="expert request")
+
+    assert "override recorded in the audit log" in done.content.decode()
+    worse.refresh_from_db()
+    assert worse.is_active
+    event = AuditEvent.objects.get(verb="model_version.activate", object_id=str(worse.pk))
+    assert event.actor == admin_user and event.detail["override_reason"] == "expert request"
+    assert event.detail["holdout"]["this"]["macro_f1"] == pytest.approx(0.5)
+
+
+@pytest.mark.django_db
+def test_model_pages_show_the_held_out_table_with_the_differences(client, expert):
+    from django.urls import reverse
+
+    version = _version(
+        "gated",
+        _table(this=0.81, frozen=0.76, active=0.79, active_name="older")
+        | {
+            "deltas": {
+                "vs_frozen": {"macro_f1": 0.05, "accuracy": 0.05, "map_at_10": 0.05},
+                "vs_active": {"macro_f1": 0.02, "accuracy": 0.02, "map_at_10": 0.02},
+            }
+        },
+    )
+    _version("legacy", {})
+    client.force_login(expert)
+
+    listing = client.get(reverse("retrieval:model_list")).content.decode()
+    detail = client.get(reverse("retrieval:model_detail", args=[version.pk])).content.decode()
+
+    assert "this version 0.810 · frozen backbone 0.760 · active version 0.790" in listing
+    assert "not gated" in listing
+    assert "<th>active version (older)</th><td>0.790</td>" in detail
+    assert "<th>this version − frozen backbone</th><td>+0.050</td>" in detail
+    assert "12 held-out slices of 3 patients" in detail
