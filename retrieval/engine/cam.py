@@ -6,6 +6,11 @@ whole embedding path, backbone -> GeM -> fusion head, with the query slice's own
 radiomics vector held fixed, so the map shows which image regions of the query drive the deep
 part of the similarity. The target layer is the backbone's last convolutional block
 (`backbone.target_layer`).
+
+What a reader sees (`lung_cam_png`): the map restricted to the lung mask (zero outside, so no
+colour on the chest wall, mediastinum or air), rescaled to its in-lung maximum, transparent
+below `CAM_THRESHOLD` of that maximum, in a perceptually uniform colour map (`CAM_COLORMAP`),
+as an RGBA PNG that keeps its alpha so it lies over the slice as shown in any window.
 """
 
 from __future__ import annotations
@@ -99,8 +104,56 @@ def similarity_cam(model, query, other) -> np.ndarray:
     return np.clip(heat, 0.0, 1.0)
 
 
+CAM_THRESHOLD = 0.3
+CAM_COLORMAP = "inferno"
+# Opacity of the weakest shown value; it rises to 1 at the maximum (the page's opacity slider
+# scales both), so the hottest regions read first.
+CAM_MIN_ALPHA = 0.45
+
+
+def lung_cam(heat01: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The heat map restricted to `mask` (0 outside) and rescaled to its in-lung maximum
+    (all zeros when the lung holds no positive evidence)."""
+    heat = np.clip(np.nan_to_num(np.asarray(heat01, dtype=np.float32)), 0.0, 1.0)
+    roi = np.asarray(mask, dtype=bool)
+    if roi.shape != heat.shape:
+        raise ValueError(f"mask {roi.shape} and heat map {heat.shape} differ in shape")
+    inside = np.where(roi, heat, 0.0).astype(np.float32)
+    top = float(inside.max()) if inside.size else 0.0
+    return inside / top if top > 0 else inside
+
+
+def lung_cam_rgba(
+    heat01: np.ndarray,
+    mask: np.ndarray,
+    *,
+    threshold: float = CAM_THRESHOLD,
+    colormap: str = CAM_COLORMAP,
+) -> np.ndarray:
+    """uint8 (H, W, 4): the lung-bounded map (`lung_cam`) in `colormap`, alpha 0 below
+    `threshold` (of the in-lung maximum) and outside the lung."""
+    from matplotlib import colormaps
+
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    heat = lung_cam(heat01, mask)
+    shown = heat >= max(threshold, 1e-6)
+    rgba = colormaps[colormap](heat).astype(np.float32)
+    ramp = (heat - threshold) / max(1.0 - threshold, 1e-6)
+    rgba[..., 3] = np.where(shown, CAM_MIN_ALPHA + (1.0 - CAM_MIN_ALPHA) * np.clip(ramp, 0, 1), 0)
+    return (np.clip(rgba, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def lung_cam_png(heat01: np.ndarray, mask: np.ndarray, **kwargs) -> bytes:
+    """PNG bytes (RGBA, alpha kept) of `lung_cam_rgba`."""
+    buf = io.BytesIO()
+    Image.fromarray(lung_cam_rgba(heat01, mask, **kwargs), mode="RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def overlay_png(image01: np.ndarray, heat01: np.ndarray, *, alpha: float = 0.4) -> bytes:
-    """PNG bytes of the grey slice with the heat map blended on top in the 'jet' colour map."""
+    """PNG bytes of the grey slice with the heat map blended on top in the 'jet' colour map
+    (the engine's evaluation report; the review page shows `lung_cam_png`)."""
     from matplotlib import colormaps
 
     image = np.clip(np.asarray(image01, dtype=np.float32), 0.0, 1.0)

@@ -350,13 +350,15 @@ def _media_write(name: str, data: bytes) -> str:
 
 def cam_pair_png(*, model, size: int, query_slice: Slice, reference_slice: Slice):
     """PNG overlays (query side, reference side) of the similarity CAM of one slice pair: over
-    the query slice towards the reference slice, and the other way round."""
-    from retrieval.engine.cam import overlay_png, similarity_cam
+    the query slice towards the reference slice, and the other way round. Each is bounded by
+    its slice's lung mask and transparent below the threshold (`engine.cam.lung_cam_png`):
+    RGBA, laid over the slice by the page."""
+    from retrieval.engine.cam import lung_cam_png, similarity_cam
 
     query = slice_prepare(slice_obj=query_slice, size=size)
     ref = slice_prepare(slice_obj=reference_slice, size=size)
-    q_png = overlay_png(query.image, similarity_cam(model, query, ref))
-    r_png = overlay_png(ref.image, similarity_cam(model, ref, query))
+    q_png = lung_cam_png(similarity_cam(model, query, ref), query.mask)
+    r_png = lung_cam_png(similarity_cam(model, ref, query), ref.mask)
     return q_png, r_png
 
 
