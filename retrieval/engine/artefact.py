@@ -8,7 +8,12 @@ Layout of `DIR`:
 - `radiomics_params.yaml`: the radiomics parameters, verbatim;
 - `head.pt`: the fusion/projection head's state dict;
 - `backbone.pt` (only when the backbone cannot be rebuilt from its source: random init,
-  fine-tuned end-to-end, or a user-given weight file): the backbone's state dict.
+  fine-tuned — end-to-end or partially (finetune.py) —, or a user-given weight file): the
+  backbone's state dict.
+
+A fine-tuned backbone's `fine_tuned_sha256` (hash of its tensors) and `input_size` (the side
+it was tuned at) are recorded; loading checks the hash and the side becomes the model's
+`config["input_size"]` when the config does not give one, so serving embeds at that side.
 
 Loading an ImageNet backbone rebuilds it from its source and checks the SHA-256 recorded at
 save time; a mismatch raises `ArtefactError` (embeddings would silently change otherwise).
@@ -90,6 +95,9 @@ class RetrievalModel:
         self.class_names = list(class_names)
         self.config = dict(config or {})
         self.config.setdefault("fusion", _fusion_of(head, radiomics))
+        tuned_size = getattr(backbone, "input_size", None)
+        if self.config.get("input_size") is None and tuned_size:
+            self.config["input_size"] = int(tuned_size)  # embed at the side it was tuned at
         self.metrics = dict(metrics or {})
 
     @property
@@ -161,6 +169,8 @@ class RetrievalModel:
             "backbone_weights_sha256": self.backbone_weights_sha256,
             "backbone_weights_source": str(getattr(self.backbone, "weights_source", "")),
             "backbone_fine_tuned": bool(getattr(self.backbone, "fine_tuned", False)),
+            "backbone_fine_tuned_sha256": str(getattr(self.backbone, "fine_tuned_sha256", "")),
+            "backbone_input_size": getattr(self.backbone, "input_size", None),
             "backbone_stored": self._stores_backbone(),
             "deep_dim": int(getattr(self.backbone, "out_dim", 0)),
             "head": head_spec(self.head),
@@ -225,6 +235,14 @@ class RetrievalModel:
                 from retrieval.engine.backbones import state_sha256
 
                 backbone.fine_tuned_sha256 = state_sha256(backbone.state_dict())
+                expected = meta.get("backbone_fine_tuned_sha256") or ""
+                if expected and backbone.fine_tuned_sha256 != expected:
+                    raise ArtefactError(
+                        f"{path}: backbone.pt has SHA-256 {backbone.fine_tuned_sha256}, the "
+                        f"model was saved with {expected}"
+                    )
+            if meta.get("backbone_input_size"):
+                backbone.input_size = int(meta["backbone_input_size"])
         else:
             backbone = build_backbone(
                 name, weights="imagenet", imagenet_file=imagenet_file, device="cpu"
