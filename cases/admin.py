@@ -19,6 +19,7 @@ from cases.models import (
     Diagnosis,
     ExpertLabel,
     Patient,
+    ReadingSession,
     ReferenceCase,
     Series,
     Slice,
@@ -228,3 +229,30 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("verb", "object_type", "object_id", "object_repr", "actor__username")
     list_select_related = ("actor",)
     date_hierarchy = "created_at"
+
+
+@admin.register(ReadingSession)
+class ReadingSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Reading-time metrics, as reader studies report them: seconds from opening a study's
+    review to the expert's decision and how many similar cases were opened. The list page
+    shows the distribution above the rows (median and quartiles, overall and by diagnosis)."""
+
+    list_display = (
+        "study",
+        "expert",
+        "opened_at",
+        "decided_at",
+        "reading_seconds",
+        "results_opened",
+        "label",
+    )
+    list_filter = ("expert", "label__diagnosis", "opened_at")
+    search_fields = ("study__patient__display_id", "expert__username")
+    list_select_related = ("study__patient", "expert", "label__diagnosis")
+    date_hierarchy = "opened_at"
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        from cases.selectors import reading_time_summary
+
+        extra_context = {**(extra_context or {}), "reading_summary": reading_time_summary()}
+        return super().changelist_view(request, extra_context=extra_context)
