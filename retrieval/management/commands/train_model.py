@@ -1,4 +1,10 @@
-"""`manage.py train_model MANIFEST.csv --out DIR`: train a retrieval model version."""
+"""`manage.py train_model MANIFEST.csv --out DIR`: train a retrieval model version.
+
+`--mode finetune` first fine-tunes the last `--blocks` blocks of the backbone on the slices
+(`retrieval.engine.finetune`, patient-level inner validation and early stopping) and then runs
+the usual recipe on the fine-tuned backbone; slices are then prepared at `--input-size`, the
+side the backbone is tuned and served at.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +35,22 @@ class Command(BaseCommand):
         parser.add_argument("--out", type=Path, required=True, help="artefact folder")
         recipe_arguments_add(parser)
         parser.add_argument("--loss", choices=["paper", "supcon"], default="paper")
-        parser.add_argument("--mode", choices=["head", "end_to_end"], default="head")
+        parser.add_argument(
+            "--mode",
+            choices=["head", "end_to_end", "finetune"],
+            default="head",
+            help="finetune: partial fine-tuning of the backbone (CPU), then the recipe",
+        )
+        parser.add_argument(
+            "--input-size",
+            type=int,
+            default=224,
+            help="finetune: backbone input side; slices are prepared at this side",
+        )
+        parser.add_argument(
+            "--blocks", type=int, default=2, help="finetune: last N backbone blocks trained"
+        )
+        parser.add_argument("--finetune-epochs", type=int, default=8, help="finetune: epochs")
         parser.add_argument("--fusion", choices=["ildffn", "deep", "radiomics"], default="ildffn")
         parser.add_argument("--name", default="", help="model version name (default: folder)")
         parser.add_argument("--register", action="store_true")
@@ -51,6 +72,8 @@ class Command(BaseCommand):
             if ModelVersion.objects.filter(name=name).exists():
                 raise CommandError(f"a model version named {name!r} already exists")
         quiet = opts["verbosity"] < 1
+        if opts["mode"] == "finetune":
+            opts["size"] = opts["input_size"]
 
         if opts["from_library"]:
             prepared, labels, patients = _library_slices(size=opts["size"], quiet=quiet)
@@ -66,7 +89,10 @@ class Command(BaseCommand):
             raise CommandError(f"{source}: training needs at least two classes")
 
         try:
-            model = _train(prepared, labels, opts=opts)
+            if opts["mode"] == "finetune":
+                model = _train_finetuned(prepared, labels, patients, opts=opts, quiet=quiet)
+            else:
+                model = _train(prepared, labels, opts=opts)
         except Exception as exc:  # engine errors: report them without a half-written folder
             _remove_partial(out)
             raise CommandError(f"training failed: {exc}") from exc
@@ -141,3 +167,59 @@ def _train(prepared, labels, *, opts):
         ),
     )
     return train_retrieval_model(prepared, labels, config)
+
+
+def _train_finetuned(prepared, labels, patients, *, opts, quiet: bool):
+    """Fine-tune the backbone, then run the recipe on it: the recipe rebuilds the backbone
+    from a saved copy of the tuned weights (its one way in for weights); the tuned backbone
+    object, with its provenance (starting weights, `fine_tuned_sha256`, input side), then
+    replaces that copy in the model. Slices are prepared at the tuned side, so the recipe's
+    features, the model's `size` and serving all use it."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from retrieval.engine.backbones import build_backbone
+    from retrieval.engine.finetune import FinetuneConfig, finetune_backbone
+
+    options = backbone_options(opts)
+    backbone = build_backbone(
+        options["backbone"], weights=options["weights"], imagenet_file=options["imagenet_file"]
+    )
+    config = FinetuneConfig(
+        input_size=opts["input_size"],
+        blocks=opts["blocks"],
+        epochs=opts["finetune_epochs"],
+        seed=opts["seed"],
+    )
+    bar = tqdm(total=config.epochs, desc="fine-tune", disable=quiet, file=sys.stderr)
+    info = finetune_backbone(
+        backbone,
+        [p.image for p in prepared],
+        np.asarray(labels),
+        patients=list(patients),
+        config=config,
+        progress=lambda done, total: bar.update(done - bar.n),
+    )
+    bar.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "finetuned_backbone.pth"
+        torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, weights)
+        model = _train(prepared, labels, opts={**opts, "mode": "head", "weights": str(weights)})
+    from retrieval.engine.backbones import state_sha256
+
+    if state_sha256(model.backbone.state_dict()) != backbone.fine_tuned_sha256:
+        raise RuntimeError("the recipe's backbone is not the fine-tuned one")
+    model.backbone = backbone.to(model.device).eval()
+    model.config.update(
+        mode="finetune",
+        input_size=config.input_size,
+        weights=backbone.weights_source,
+        finetune={k: v for k, v in info["config"].items() if k != "device"},
+    )
+    model.metrics = {
+        **(model.metrics or {}),
+        "finetune": {k: v for k, v in info.items() if k not in ("trainable_parameters", "config")},
+    }
+    return model
