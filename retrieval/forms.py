@@ -6,12 +6,18 @@ from django import forms
 
 from retrieval.selectors.review import K_MAX
 
+SEARCH_MODE_CHOICES = (("similar", "Similar cases"), ("hierarchical", "Class first"))
+
 
 class ReviewFilterForm(forms.Form):
-    """k and the diagnosis filter of the similar-case list (invalid values fall back)."""
+    """k, the diagnosis filter and the search mode of the similar-case list (invalid values
+    fall back). `mode`: "similar" (default: the most similar cases of any class) or
+    "hierarchical" (class first: predict the class from the class centroids, then the most
+    similar cases of that class only; GET parameter `mode=hierarchical`)."""
 
     k = forms.IntegerField(required=False, min_value=1, max_value=K_MAX)
     diagnosis = forms.ChoiceField(required=False)
+    mode = forms.ChoiceField(required=False, choices=SEARCH_MODE_CHOICES)
     sel = forms.IntegerField(required=False, min_value=1)
 
     def __init__(self, *args, diagnoses=(), **kwargs):

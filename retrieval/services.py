@@ -261,25 +261,51 @@ def _storage_put(name: str, data: bytes) -> None:
         default_storage.delete(saved)
 
 
+SEARCH_MODES = ("similar", "hierarchical")  # similar cases; class-first (predict, then search)
+
+
 def study_live_query_request(
-    *, study: Study, model_version: ModelVersion, k: int, diagnosis_code: str | None
+    *,
+    study: Study,
+    model_version: ModelVersion,
+    k: int,
+    diagnosis_code: str | None,
+    mode: str = "similar",
 ) -> None:
-    """Ask a worker for the review page's answer to (k, diagnosis) on the current library."""
-    key = f"live-{study.pk}-{model_version.pk}-{k}-{diagnosis_code or ''}"
+    """Ask a worker for the review page's answer to (k, diagnosis, search mode) on the current
+    library."""
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+    key = f"live-{study.pk}-{model_version.pk}-{k}-{diagnosis_code or ''}-{mode}"
     args = (study.pk, model_version.pk, k, diagnosis_code or "")
-    _job_publish(key=key, task="study_live_query", args=args)
+    # The task's original signature for the similar-case search (messages of older web
+    # processes still match); the mode only when it is not the default.
+    _job_publish(
+        key=key, task="study_live_query", args=args + ((mode,) if mode != "similar" else ())
+    )
 
 
 def study_live_query_run(
-    *, study_id: int, model_version_id: int, k: int, diagnosis_code: str = ""
+    *,
+    study_id: int,
+    model_version_id: int,
+    k: int,
+    diagnosis_code: str = "",
+    mode: str = "similar",
 ) -> str:
-    """Worker job: rank the library for the study's stored slice embeddings with another k or
-    a diagnosis filter (`retrieval.pipeline.selectors.study_similar_search`), and store the
-    answer as JSON under `live_query_name` for the library as it is now. Returns the name.
+    """Worker job: rank the library for the study's stored slice embeddings with another k, a
+    diagnosis filter or the class-first search (`mode` "hierarchical": the class whose
+    centroid is closest, then cases of that class only;
+    `retrieval.pipeline.selectors.study_similar_search`), and store the answer as JSON under
+    `live_query_name` for the library as it is now. Returns the name.
 
     The answer holds, per case in rank order, (reference case id, score, hits, query slice id,
-    reference slice id) and the votes; `"cases": null` says the study has no stored
-    embeddings for the version (the page then falls back to the stored answer)."""
+    reference slice id), the votes, the abstain decision under the version's thresholds
+    (`abstained`, `abstain_reason`, `top_similarity`, `vote_margin`), `mode` and
+    `predicted_class` (class-first: the class searched within); `"cases": null` says the study
+    has no stored embeddings for the version (the page then falls back to the stored answer)."""
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
     from retrieval.pipeline.selectors import study_similar_search
 
     study = Study.objects.get(pk=study_id)
@@ -293,10 +319,17 @@ def study_live_query_run(
         k=k,
         diagnosis_code=code,
         checksum=library_checksum(model_version=version),
+        mode=mode,
     )
-    found = study_similar_search(study=study, model_version=version, k=k, diagnosis_code=code)
+    found = study_similar_search(
+        study=study,
+        model_version=version,
+        k=k,
+        diagnosis_code=code,
+        hierarchical=mode == "hierarchical",
+    )
     if found is None:
-        answer = {"cases": None, "votes": {}}
+        answer = {"cases": None, "votes": {}, "mode": mode}
     else:
         result, meta, query_slice_ids = found
         answer = {
@@ -311,6 +344,12 @@ def study_live_query_run(
                 for hit in result.cases
             ],
             "votes": {str(c): float(v) for c, v in result.votes.items()},
+            "abstained": bool(result.abstained),
+            "abstain_reason": result.abstain_reason,
+            "top_similarity": result.top_similarity,
+            "vote_margin": result.vote_margin,
+            "mode": mode,
+            "predicted_class": result.predicted_label,
         }
     _storage_put(name, json.dumps(answer).encode())
     return name

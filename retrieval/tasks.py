@@ -148,13 +148,19 @@ def review_cam_compute(
     time_limit=CAM_SOFT_LIMIT + 30,
     **RETRY,
 )
-def study_live_query(study_id: int, model_version_id: int, k: int, diagnosis_code: str) -> str:
-    """The review page's answer for another k or a diagnosis filter
+def study_live_query(
+    study_id: int, model_version_id: int, k: int, diagnosis_code: str, mode: str = "similar"
+) -> str:
+    """The review page's answer for another k, a diagnosis filter or the class-first search
     (retrieval.services.study_live_query_run)."""
     from retrieval.services import study_live_query_run
 
     return study_live_query_run(
-        study_id=study_id, model_version_id=model_version_id, k=k, diagnosis_code=diagnosis_code
+        study_id=study_id,
+        model_version_id=model_version_id,
+        k=k,
+        diagnosis_code=diagnosis_code,
+        mode=mode,
     )
 
 

@@ -33,13 +33,20 @@ def similar_case_list(
 
 
 def study_similar_search(
-    *, study: Study, model_version: ModelVersion, k: int, diagnosis_code: str | None = None
+    *,
+    study: Study,
+    model_version: ModelVersion,
+    k: int,
+    diagnosis_code: str | None = None,
+    hierarchical: bool = False,
 ):
     """Query the live index on demand with the study's stored slice embeddings (no network
-    run): for another k or a diagnosis filter that must still return k cases when enough
-    exist. Returns the engine's QueryResult and the embedding-id metadata (case id, diagnosis
+    run): for another k, a diagnosis filter that must still return k cases when enough
+    exist, or the class-first search (`hierarchical`). The version's abstain thresholds apply.
+    Returns the engine's QueryResult and the embedding-id metadata (case id, diagnosis
     code, slice id), or None when the study has no embeddings for this version."""
     from cases.models import ReferenceCase
+    from retrieval.engine.query import abstain_thresholds
     from retrieval.pipeline.index_store import index_query
 
     rows = list(
@@ -62,5 +69,7 @@ def study_similar_search(
         k_cases=k,
         label_filter=diagnosis_code,
         exclude_case_ids=own,
+        hierarchical=hierarchical,
+        abstain=abstain_thresholds(model_version.config, model_version.metrics),
     )
     return result, meta, [r[0] for r in rows]

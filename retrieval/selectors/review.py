@@ -140,6 +140,10 @@ class ReviewResults:
     abstain_reason: str = ""
     top_similarity: float | None = None
     vote_margin: float | None = None
+    # How the cases were searched: "similar" (similar cases, the stored answer's way) or
+    # "hierarchical" (class-first: the predicted class, then cases of that class only).
+    mode: str = "similar"
+    predicted_class: str | None = None  # hierarchical: the diagnosis code searched within
 
     @property
     def fewer_than_k(self) -> bool:
@@ -231,22 +235,29 @@ def live_query_name(
     k: int,
     diagnosis_code: str | None,
     checksum: tuple[int, int, int],
+    mode: str = "similar",
 ) -> str:
-    """Media name of a worker's answer to (k, diagnosis) for the library `checksum`; under the
-    result's folder, so a new run of the study deletes it with the old result."""
+    """Media name of a worker's answer to (k, diagnosis, search mode) for the library
+    `checksum`; under the result's folder, so a new run of the study deletes it with the old
+    result."""
     label = slugify(diagnosis_code) if diagnosis_code else "all"
+    if mode == "hierarchical":
+        label += "-classfirst"
     n, mx, total = checksum
     return f"results/{study_id}/{model_version_id}/live-k{k:02d}-{label}-{n}-{mx}-{total}.json"
 
 
-def _live_answer(*, study: Study, model_version: ModelVersion, k: int, code: str | None):
-    """The stored worker answer for (k, code) on the current library, or None (not yet)."""
+def _live_answer(
+    *, study: Study, model_version: ModelVersion, k: int, code: str | None, mode: str = "similar"
+):
+    """The stored worker answer for (k, code, mode) on the current library, or None (not yet)."""
     name = live_query_name(
         study_id=study.pk,
         model_version_id=model_version.pk,
         k=k,
         diagnosis_code=code,
         checksum=library_checksum(model_version=model_version),
+        mode=mode,
     )
     try:
         with default_storage.open(name, "rb") as fh:
@@ -307,14 +318,22 @@ def _cams_mark_ready(*, hits: list[ReviewHit], study: Study, result: StudyResult
 
 
 def study_review_results(
-    *, study: Study, k: int | None = None, diagnosis_code: str | None = None
+    *,
+    study: Study,
+    k: int | None = None,
+    diagnosis_code: str | None = None,
+    mode: str | None = None,
 ) -> ReviewResults:
     """The similar cases of `study` for the review page (see module docstring).
 
     `k` is clamped to 1..K_MAX (default `ILDREVIEW_RESULTS_TOP_K`); `diagnosis_code` keeps
     only reference cases of that diagnosis, k of them when the library has that many.
-    Unknown diagnosis codes are ignored (no filter).
+    Unknown diagnosis codes are ignored (no filter). `mode` "hierarchical" searches class
+    first (always a worker's live answer); anything else is the similar-case search. The
+    suggestion and votes stay those of the similar-case search in either mode.
     """
+    mode = "hierarchical" if mode == "hierarchical" else "similar"
+    predicted_class = None
     k = min(max(int(k or results_default_k()), 1), K_MAX)
     diagnosis = Diagnosis.objects.filter(code=diagnosis_code).first() if diagnosis_code else None
     code = diagnosis.code if diagnosis else None
@@ -339,19 +358,20 @@ def study_review_results(
     votes = dict(result.votes or {})
     suggested = result.suggested_diagnosis
     live = pending = False
-    if code is None and k <= len(stored):
+    if code is None and mode == "similar" and k <= len(stored):
         hits = _stored_hits(stored[:k])
     else:
-        answer = _live_answer(study=study, model_version=version, k=k, code=code)
+        answer = _live_answer(study=study, model_version=version, k=k, code=code, mode=mode)
         if answer is None:
             hits, pending = [], True
         elif answer["cases"] is not None:
             hits = _live_hits(answer)
             live = True
+            predicted_class = answer.get("predicted_class")
             _cams_mark_ready(hits=hits, study=study, result=result)
-            if code is None:
+            if code is None and mode == "similar":
                 votes = dict(answer["votes"])
-                suggested = _suggested(votes) or suggested
+                suggested = None if answer.get("abstained") else _suggested(votes) or suggested
         else:
             # No stored embeddings to query with: the best we have is the stored answer.
             pick = [c for c in stored if code is None or c.reference_case.diagnosis.code == code]
@@ -387,6 +407,8 @@ def study_review_results(
         library_count=library_count,
         pending=pending,
         **result_gate(result),
+        mode=mode,
+        predicted_class=predicted_class,
     )
 
 

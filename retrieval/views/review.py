@@ -109,7 +109,9 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
     study = selectors.study_get_visible(user=request.user, pk=pk)
     diagnoses = list(selectors.diagnosis_list())
     form = ReviewFilterForm(request.GET or None, diagnoses=diagnoses)
-    results = _review_results(study=study, k=form.value("k"), code=form.value("diagnosis"))
+    results = _review_results(
+        study=study, k=form.value("k"), code=form.value("diagnosis"), mode=form.value("mode")
+    )
     hits = results.hits
     wanted = form.value("sel")
     selected = next((h for h in hits if h.rank == wanted), hits[0] if hits else None)
@@ -188,18 +190,20 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-def _review_results(*, study: Study, k, code):
-    """The page's results; for a (k, diagnosis) no worker has answered yet, ask one. In eager
-    mode (tests, development without a broker) the job has run by then: read again."""
-    results = study_review_results(study=study, k=k, diagnosis_code=code)
+def _review_results(*, study: Study, k, code, mode=None):
+    """The page's results; for a (k, diagnosis, search mode) no worker has answered yet, ask
+    one. In eager mode (tests, development without a broker) the job has run by then: read
+    again."""
+    results = study_review_results(study=study, k=k, diagnosis_code=code, mode=mode)
     if results.pending:
         study_live_query_request(
             study=study,
             model_version=results.model_version,
             k=results.k,
             diagnosis_code=results.diagnosis.code if results.diagnosis else None,
+            mode=results.mode,
         )
-        results = study_review_results(study=study, k=k, diagnosis_code=code)
+        results = study_review_results(study=study, k=k, diagnosis_code=code, mode=mode)
     return results
 
 
@@ -233,7 +237,9 @@ def review_live_status(request: HttpRequest, pk: int) -> JsonResponse:
     """{"ready": bool} for the page's (k, diagnosis) choice (polled while it is computed)."""
     study = selectors.study_get_visible(user=request.user, pk=pk)
     form = ReviewFilterForm(request.GET or None, diagnoses=list(selectors.diagnosis_list()))
-    results = _review_results(study=study, k=form.value("k"), code=form.value("diagnosis"))
+    results = _review_results(
+        study=study, k=form.value("k"), code=form.value("diagnosis"), mode=form.value("mode")
+    )
     response = JsonResponse({"ready": not results.pending})
     response["Cache-Control"] = "no-store"
     return response
