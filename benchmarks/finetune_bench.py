@@ -88,7 +88,8 @@ def main() -> int:
     prepare_s = time.perf_counter() - t0
     print(
         f"{len(images)} slices ({len(train_idx)} train, {len(test_idx)} test, classes "
-        f"{list(classes)}), prepared in {prepare_s:.1f} s; torch threads {args.threads}",
+        f"{[str(c) for c in classes]}), prepared in {prepare_s:.1f} s; torch threads "
+        f"{args.threads}",
         flush=True,
     )
     train_images = [images[i] for i in train_idx]
@@ -104,12 +105,15 @@ def main() -> int:
     for n, name in enumerate(args.backbones):
         epochs = args.epochs if n == 0 else args.other_epochs
         backbone = build_backbone(name, weights="imagenet", device="cpu")
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         frozen_train = embed_images(backbone, train_images, input_size=args.input_size)
         frozen_test = embed_images(backbone, test_images, input_size=args.input_size)
-        embed_s = time.perf_counter() - t
+        embed_s, embed_cpu = time.perf_counter() - t, time.process_time() - cpu
         f1_frozen = _macro_f1_top1(frozen_train, y[train_idx], frozen_test, y[test_idx])
-        print(f"{name}: frozen embed {embed_s:.1f} s, macro F1 {f1_frozen}", flush=True)
+        print(
+            f"{name}: frozen embed {embed_s:.1f} s ({embed_cpu:.1f} CPU s), macro F1 {f1_frozen}",
+            flush=True,
+        )
         config = FinetuneConfig(input_size=args.input_size, blocks=args.blocks, epochs=epochs)
         info = finetune_backbone(
             backbone,
@@ -125,16 +129,22 @@ def main() -> int:
         tuned_test = embed_images(backbone, test_images, input_size=args.input_size)
         f1_tuned = _macro_f1_top1(tuned_train, y[train_idx], tuned_test, y[test_idx])
         epoch_s = [row["seconds"] for row in info["val_history"][1:]]
+        epoch_cpu = [row["cpu_seconds"] for row in info["val_history"][1:]]
         run = {
             "backbone": name,
             "input_size": args.input_size,
             "blocks": args.blocks,
             "frozen_embed_seconds": round(embed_s, 1),
+            "frozen_embed_cpu_seconds": round(embed_cpu, 1),
             "f1_frozen": f1_frozen,
             "setup_seconds": info["val_history"][0]["seconds"],
             "epoch_seconds": epoch_s,
             "mean_epoch_seconds": round(float(np.mean(epoch_s)), 1) if epoch_s else None,
             "finetune_seconds": info["seconds"],
+            "finetune_cpu_seconds": info["cpu_seconds"],
+            "setup_cpu_seconds": info["val_history"][0]["cpu_seconds"],
+            "epoch_cpu_seconds": epoch_cpu,
+            "mean_epoch_cpu_seconds": round(float(np.mean(epoch_cpu)), 1) if epoch_cpu else None,
             "epochs_run": info["epochs_run"],
             "best_epoch": info["best_epoch"],
             "val_history": info["val_history"],
@@ -144,8 +154,9 @@ def main() -> int:
         results["runs"].append(run)
         print(
             f"{name}: setup {run['setup_seconds']:.1f} s, {run['epochs_run']} epochs "
-            f"(mean {run['mean_epoch_seconds']} s), fine-tune {run['finetune_seconds']:.1f} s, "
-            f"best epoch {run['best_epoch']}, macro F1 {f1_frozen} -> {f1_tuned}",
+            f"(mean {run['mean_epoch_seconds']} s, {run['mean_epoch_cpu_seconds']} CPU s), "
+            f"fine-tune {run['finetune_seconds']:.1f} s ({run['finetune_cpu_seconds']:.1f} CPU "
+            f"s), best epoch {run['best_epoch']}, macro F1 {f1_frozen} -> {f1_tuned}",
             flush=True,
         )
         args.out.write_text(json.dumps(results, indent=2))
