@@ -18,8 +18,8 @@ from cases.api.serializers import DiagnosisBriefSerializer
 from cases.models import Study
 from cases.selectors import study_get_visible
 from retrieval.pipeline.progress import study_queue_get
-from retrieval.selectors.review import similar_case_get_visible, study_result_for_api
-from retrieval.services import CAM_SIDES
+from retrieval.selectors.review import K_MAX, similar_case_get_visible, study_result_for_api
+from retrieval.services import CAM_SIDES, SEARCH_MODES
 
 READY_STATES = (Study.Status.READY_FOR_REVIEW, Study.Status.REVIEWED)
 
@@ -95,15 +95,43 @@ class SimilarCaseSerializer(serializers.Serializer):
         return self._file_url(case, "reference")
 
 
+class LiveCaseSerializer(serializers.Serializer):
+    """One reference case of a worker's live answer (class-first search): ids, no CAM URLs
+    (the review page computes those on demand)."""
+
+    rank = serializers.IntegerField()
+    reference_case = serializers.IntegerField(source="reference_case.pk")
+    study = serializers.IntegerField(source="reference_case.study_id")
+    diagnosis = DiagnosisBriefSerializer(source="reference_case.diagnosis")
+    score = serializers.FloatField(help_text="Case similarity")
+    n_hits = serializers.IntegerField()
+    query_slice = serializers.IntegerField(source="query_slice_id")
+    reference_slice = serializers.IntegerField(source="reference_slice_id")
+
+
 class StudyResultSerializer(serializers.Serializer):
     """The similar-case answer for a study under the model version that produced it."""
 
     study = serializers.IntegerField(source="study_id")
     model_version = serializers.CharField(source="model_version.name")
     created_at = serializers.DateTimeField()
-    suggested_diagnosis = DiagnosisBriefSerializer(allow_null=True)
+    suggested_diagnosis = DiagnosisBriefSerializer(
+        allow_null=True, help_text="null when the model abstained (no close match)"
+    )
     votes = serializers.DictField(
-        child=serializers.FloatField(), help_text="Share of votes per diagnosis code"
+        child=serializers.FloatField(),
+        help_text="Share of the similarity-weighted, class-balanced votes per diagnosis code",
+    )
+    abstained = serializers.BooleanField(
+        help_text="No close match: the best similarity or the vote margin is below the model's "
+        "thresholds"
+    )
+    abstain_reason = serializers.CharField(allow_blank=True)
+    top_similarity = serializers.FloatField(
+        allow_null=True, help_text="Best (query slice, reference slice) cosine similarity"
+    )
+    vote_margin = serializers.FloatField(
+        allow_null=True, help_text="Heaviest diagnosis's vote share minus the runner-up's"
     )
     key_slice = SliceRefSerializer(allow_null=True)
     query_slice_count = serializers.IntegerField()
@@ -111,16 +139,53 @@ class StudyResultSerializer(serializers.Serializer):
     similar_cases = SimilarCaseSerializer(many=True, source="ordered_cases")
 
 
+class ClassFirstResultSerializer(serializers.Serializer):
+    """`mode=hierarchical`: the class-first search's cases beside the stored suggestion."""
+
+    mode = serializers.CharField()
+    predicted_class = serializers.CharField(
+        allow_null=True, help_text="The diagnosis code the search was restricted to"
+    )
+    k = serializers.IntegerField()
+    similar_cases = LiveCaseSerializer(many=True)
+
+
 class StudyResultsView(APIView):
     @extend_schema(
         summary="Similar-case results of a study",
         description="Top similar reference cases with scores, best slice pairs and CAM image "
-        "URLs, the suggested diagnosis and the vote distribution. 409 while the study is "
-        "still being processed (or failed).",
-        responses={200: StudyResultSerializer, 409: NotReadySerializer},
+        "URLs, the suggested diagnosis (null when the model abstained: no close match) and the "
+        "vote distribution. `mode=hierarchical` searches class first (the predicted class, "
+        "then its most similar cases; `k` cases, default the stored answer's): a worker "
+        "computes it, so the first request may answer 202 (ask again). 409 while the study "
+        "is still being processed (or failed).",
+        parameters=[
+            OpenApiParameter(
+                "mode", OpenApiTypes.STR, OpenApiParameter.QUERY, enum=("similar", "hierarchical")
+            ),
+            OpenApiParameter("k", OpenApiTypes.INT, OpenApiParameter.QUERY),
+        ],
+        responses={
+            200: StudyResultSerializer,
+            202: serializers.DictField(),
+            400: serializers.DictField(),
+            409: NotReadySerializer,
+        },
     )
     def get(self, request: Request, pk: int) -> Response:
         study = study_get_visible(user=request.user, pk=pk)
+        mode = request.query_params.get("mode", "similar")
+        if mode not in SEARCH_MODES:
+            return Response(
+                {"detail": f"mode must be one of {', '.join(SEARCH_MODES)}"},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        k = request.query_params.get("k")
+        if k is not None and not (k.isdigit() and 1 <= int(k) <= K_MAX):
+            return Response(
+                {"detail": f"k must be a whole number from 1 to {K_MAX}"},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
         result = study_result_for_api(study=study) if study.status in READY_STATES else None
         if result is None:
             queue = (
@@ -139,7 +204,46 @@ class StudyResultsView(APIView):
                 },
                 status=status.HTTP_409_CONFLICT,
             )
-        return Response(StudyResultSerializer(result, context={"request": request}).data)
+        data = StudyResultSerializer(result, context={"request": request}).data
+        if mode == "similar":
+            return Response(data)
+        live = _class_first(study=study, k=int(k) if k else None)
+        if live.pending:
+            return Response(
+                {"detail": "computing the class-first search; ask again", "mode": mode},
+                status=status.HTTP_202_ACCEPTED,
+                headers={"Retry-After": "2"},
+            )
+        data.update(
+            ClassFirstResultSerializer(
+                {
+                    "mode": mode,
+                    "predicted_class": live.predicted_class,
+                    "k": live.k,
+                    "similar_cases": live.hits,
+                }
+            ).data
+        )
+        return Response(data)
+
+
+def _class_first(*, study: Study, k: int | None):
+    """The class-first answer as the review page reads it; asks a worker when there is none
+    yet (in eager mode the job has run by then: read again)."""
+    from retrieval.selectors.review import study_review_results
+    from retrieval.services import study_live_query_request
+
+    results = study_review_results(study=study, k=k, mode="hierarchical")
+    if results.pending:
+        study_live_query_request(
+            study=study,
+            model_version=results.model_version,
+            k=results.k,
+            diagnosis_code=None,
+            mode="hierarchical",
+        )
+        results = study_review_results(study=study, k=k, mode="hierarchical")
+    return results
 
 
 class SimilarCaseCamView(FileView):

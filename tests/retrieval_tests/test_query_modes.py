@@ -103,3 +103,22 @@ def test_the_review_page_searches_class_first_with_mode_hierarchical(
     assert len({h.diagnosis.code for h in default.context["results"].hits}) > 1
     # The suggestion stays the similar-case vote's in either mode.
     assert results.suggested == default.context["results"].suggested
+
+
+def test_the_results_api_answers_class_first_with_mode_hierarchical(
+    client, expert, processed_study
+):
+    client.force_login(expert)
+    url = reverse("api-study-results", args=[processed_study.pk])
+
+    default = client.get(url).json()
+    class_first = client.get(url, {"mode": "hierarchical", "k": 4}).json()
+    bad = client.get(url, {"mode": "everything"})
+
+    assert default["abstained"] is False and "vote_margin" in default
+    assert "predicted_class" not in default
+    predicted = class_first["predicted_class"]
+    assert class_first["mode"] == "hierarchical" and class_first["k"] == 4
+    assert [c["diagnosis"]["code"] for c in class_first["similar_cases"]] == [predicted] * 2
+    assert class_first["votes"] == default["votes"]  # the stored suggestion is unchanged
+    assert bad.status_code == 400 and "mode must be one of" in bad.json()["detail"]
