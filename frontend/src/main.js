@@ -118,16 +118,18 @@ class Viewer {
   async compare(rank) {
     const hit = this.hits.get(rank);
     if (!hit) return false;
-    this.compared = hit;
+    this.compared = null; // no linked scrolling until the new case is in place
     this.root.classList.add("comparing");
     this.reference.root.hidden = false;
     this.reference.role("title").textContent = "#" + hit.rank + " " + hit.label + " · " + hit.diagnosis;
     this.engine.resize(true, true);
-    const lw = this.config.presets[this.config.preset];
+    const keep = this.reference.series ? this.reference.windowWL() : null;
+    const lw = keep ? [keep[1], keep[0]] : this.config.presets[this.config.preset];
     const refIndex = hit.series.slices.indexOf(hit.referenceSlice);
-    await this.reference.load(hit.series, refIndex, this.reference.series ? this.reference.windowWL().slice().reverse() : lw);
+    await this.reference.load(hit.series, refIndex, lw);
     this.reference.setCam({ url: hit.referenceCam, sliceId: hit.referenceSlice, ready: hit.camReady, rank: hit.rank });
     this.query.setCam({ url: hit.queryCam, sliceId: hit.querySlice, ready: hit.camReady, rank: hit.rank });
+    this.compared = hit;
     this.goToPair();
     this.root.dispatchEvent(new CustomEvent("viewer:compare", { detail: { rank } }));
     return true;
@@ -205,7 +207,11 @@ class Viewer {
         const rank = parseInt(card.dataset.rank, 10);
         if (!this.hits.has(rank)) return;
         e.preventDefault();
-        this.compare(rank);
+        this.compare(rank).then(() => {
+          // On a phone the grid lies below the viewer: bring the comparison into view.
+          const box = this.reference.root.getBoundingClientRect();
+          if (box.top < 0 || box.bottom > window.innerHeight) this.reference.root.scrollIntoView({ block: "nearest" });
+        });
       });
     });
     document.addEventListener("keydown", (e) => this.onKey(e));
@@ -216,7 +222,7 @@ class Viewer {
     if (tag === "input" || tag === "textarea" || tag === "select" || e.target.isContentEditable) return;
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     const pane = this.active;
-    if (e.key in KEY_STEPS) { e.preventDefault(); pane.go(pane.index() + KEY_STEPS[e.key]); return; }
+    if (e.key in KEY_STEPS) { e.preventDefault(); pane.go(pane.requested() + KEY_STEPS[e.key]); return; }
     const actions = {
       Home: () => pane.go(0),
       End: () => pane.go(pane.count() - 1),

@@ -29,9 +29,11 @@ export class Pane {
     this.camStatus = this.role("cam-status");
     this.outline = this.role("outline");
     this.series = null;
+    this.current = null;
     this.cam = null; // { url, sliceId, ready, token }
     this.outlineFor = null;
     this.quietIndex = null; // an index set by linked scrolling: do not propagate it back
+    this.pending = null; // an index asked for and not shown yet
     this.bind();
   }
 
@@ -43,8 +45,15 @@ export class Pane {
     return this.app.engine.getViewport(this.viewportId);
   }
 
+  // The slice shown: Cornerstone announces a new image (STACK_NEW_IMAGE) before it updates
+  // its own current index, so the pane keeps the index from the event.
   index() {
+    if (this.current !== null && this.current !== undefined) return this.current;
     return this.viewport ? this.viewport.getCurrentImageIdIndex() : 0;
+  }
+
+  imageId() {
+    return this.series ? imageIdFor(this.series.slices[this.index()]) : null;
   }
 
   count() {
@@ -58,18 +67,33 @@ export class Pane {
     const ids = series.slices.map(imageIdFor);
     this.slider.max = String(ids.length - 1);
     const start = clamp(index, 0, ids.length - 1);
-    await this.viewport.setStack(ids, start);
+    this.current = start;
+    this.pending = null;
+    this.quietIndex = null;
+    this.loading = true;
+    try {
+      await this.viewport.setStack(ids, start);
+    } finally {
+      this.loading = false;
+    }
     this.viewport.resetCamera();
     if (windowLW) this.setWindow(windowLW[1], windowLW[0]);
     this.viewport.render();
     this.refresh();
   }
 
-  // Moves to slice i; `quiet` marks it as set by the linked viewport (no echo back).
+  // The slice asked for last (shown or still loading): key steps count from it.
+  requested() {
+    return this.pending !== null ? this.pending : this.index();
+  }
+
+  // Moves to slice i; `quiet` marks it as set by the linked viewport: images shown until it
+  // arrives are not echoed back to the other viewport.
   go(i, quiet) {
     if (!this.series) return;
     const target = clamp(i, 0, this.count() - 1);
-    if (target === this.index()) return;
+    if (target === this.requested()) return;
+    this.pending = target;
     this.quietIndex = quiet ? target : null;
     this.viewport.setImageIdIndex(target);
   }
@@ -194,7 +218,7 @@ export class Pane {
       this.outline.hidden = true;
       return;
     }
-    const imageId = this.viewport.getCurrentImageId();
+    const imageId = this.imageId();
     const p = pixelsOf(imageId);
     if (!p) { this.outline.hidden = true; return; }
     if (this.outlineFor !== imageId) {
@@ -207,9 +231,9 @@ export class Pane {
   // Puts the overlays on the image's corners in canvas (CSS pixel) coordinates.
   place() {
     const vp = this.viewport;
-    const imageId = vp && vp.getCurrentImageId();
+    const imageId = this.imageId();
     const p = imageId && pixelsOf(imageId);
-    if (!p) return;
+    if (!vp || !p) return;
     const a = vp.worldToCanvas(utilities.imageToWorldCoords(imageId, [0, 0]));
     const b = vp.worldToCanvas(utilities.imageToWorldCoords(imageId, [p.cols, p.rows]));
     const left = Math.min(a[0], b[0]);
@@ -226,8 +250,8 @@ export class Pane {
 
   probe(evt) {
     const vp = this.viewport;
-    const imageId = vp && vp.getCurrentImageId();
-    if (!imageId) return;
+    const imageId = this.imageId();
+    if (!vp || !imageId) return;
     const rect = this.element.getBoundingClientRect();
     const world = vp.canvasToWorld([evt.clientX - rect.left, evt.clientY - rect.top]);
     const ij = utilities.worldToImageCoords(imageId, world);
@@ -239,12 +263,14 @@ export class Pane {
 
   bind() {
     const E = Enums.Events;
-    this.element.addEventListener(E.STACK_NEW_IMAGE, () => {
+    this.element.addEventListener(E.STACK_NEW_IMAGE, (evt) => {
+      if (evt.detail && Number.isInteger(evt.detail.imageIdIndex)) this.current = evt.detail.imageIdIndex;
       const i = this.index();
-      const quiet = this.quietIndex === i;
-      this.quietIndex = null;
+      const quiet = this.quietIndex !== null;
+      if (i === this.quietIndex) this.quietIndex = null;
+      if (i === this.pending) this.pending = null;
       this.refresh();
-      if (!quiet) this.app.scrolled(this);
+      if (!quiet && !this.loading) this.app.scrolled(this);
     });
     this.element.addEventListener(E.VOI_MODIFIED, () => this.showWindow());
     this.element.addEventListener(E.CAMERA_MODIFIED, () => { this.showZoom(); this.place(); });
