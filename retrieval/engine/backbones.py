@@ -66,8 +66,9 @@ class Backbone(nn.Module):
     """Convolutional trunk + GeM. forward((B, 3, H, W)) -> (B, out_dim).
 
     Attributes: name, out_dim, weights_source ("imagenet" | "random" | path),
-    weights_sha256, target_layer (last convolutional block, for CAM), fine_tuned (set by
-    end-to-end training).
+    weights_sha256, target_layer (last convolutional block, for CAM), fine_tuned and
+    fine_tuned_sha256 (set by end-to-end training and by finetune.py), input_size (the side
+    finetune.py tuned it at; None otherwise).
     """
 
     def __init__(self, *, name: str, features: nn.Module, out_dim: int, target_layer: nn.Module):
@@ -81,6 +82,7 @@ class Backbone(nn.Module):
         self.weights_sha256 = ""
         self.fine_tuned = False
         self.fine_tuned_sha256 = ""
+        self.input_size: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gem(self.features(x))
