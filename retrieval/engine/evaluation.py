@@ -1,23 +1,21 @@
-"""Patient-level cross-validated evaluation of retrieval, with the ablation rows of the paper.
+"""Patient-level cross-validated evaluation of retrieval, with the ablation rows.
 
 One run:
-1. reads every image once, prepares it (window, resize, lung mask) and extracts its deep (backbone
-   + GeM) and radiomics features, through the FeatureExtractor's on-disk cache;
+1. reads every image once (unreadable rows are listed and skipped, see `check_images`),
+   prepares it (window, resize, lung mask) and extracts its deep (backbone + GeM) and radiomics
+   features, through the FeatureExtractor's on-disk cache;
 2. splits patients into folds (`patient_kfold`; with folds=1 the manifest's `split` column);
-3. for each fold and each variant, embeds the train fold (the reference library), indexes it,
-   queries with the held-out fold and keeps the ranked labels;
+3. for each fold and each row (`variants.py`), embeds the train fold (the reference library),
+   indexes it, queries with the held-out fold and keeps the ranked labels and the decisions;
 4. pools the held-out predictions of all folds and computes the metrics of `metrics.py` per
-   variant; embedding-geometry figures (silhouette, intra/inter-class distances) are computed per
-   fold on the held-out embeddings (each fold has its own embedding space) and averaged.
+   row, slice level and case level (the slices of one patient pooled, when patients have
+   several); embedding-geometry figures (silhouette, intra/inter-class distances) are computed
+   per fold on the held-out embeddings and averaged.
 
-Variants (all on the same folds, the same cached features):
-- `radiomics_only`: standardised radiomics vector (standardiser fitted on the train fold);
-- `deep_only`: backbone + GeM vector, no training;
-- `deep_contrastive`: ProjectionHead on the deep vector, paper's contrastive loss;
-- `fused_contrastive`: ILD-FFN on deep + radiomics, paper's contrastive loss (the headline);
-- extras: `fused_supcon` (ILD-FFN trained with SupCon), `fused_contrastive_knn` (the headline's
-  embeddings, diagnosis by a vote over the top k instead of the top 1) and, when the index
-  backend is not exact, the headline row searched exactly for comparison.
+The headline row is `adaptive` (selection.py): per fold, the embedding is chosen by
+patient-level inner validation among the frozen vector and what may add to it, and decided by
+the class-balanced kNN vote with calibrated abstention. Every row of one run uses the same
+folds and cached features; `deep_only` (frozen) is always reported beside the trained rows.
 """
 
 from __future__ import annotations
@@ -33,25 +31,27 @@ import numpy as np
 import torch
 
 from retrieval.engine import metrics
+from retrieval.engine.variants import HEADLINE, TRAINED
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as work advances (the command drives tqdm with it)."""
 
-HEADLINE = "fused_contrastive"
 BASE_VARIANTS: tuple[str, ...] = (
     "radiomics_only",
     "deep_only",
     "deep_contrastive",
     "fused_contrastive",
+    HEADLINE,
 )
-EXTRA_VARIANTS: tuple[str, ...] = ("fused_supcon", "fused_contrastive_knn")
-# name -> (fusion, loss) for the trained variants
-TRAINED: dict[str, tuple[str, str]] = {
-    "deep_contrastive": ("deep", "paper"),
-    "fused_contrastive": ("ildffn", "paper"),
-    "fused_supcon": ("ildffn", "supcon"),
-    "radiomics_contrastive": ("radiomics", "paper"),
-}
+EXTRA_VARIANTS: tuple[str, ...] = (
+    "deep_only_knn",
+    "pca_whiten",
+    "linear_probe",
+    "deep_contrastive_v0",
+    "deep_supcon",
+    "gated_fusion",
+    "hierarchical",
+)
 SEARCH_K = 10
 
 
@@ -67,6 +67,8 @@ class ManifestItems:
     labels: list[str]
     patients: list[str]
     splits: list[str]
+    skipped: list[dict] = field(default_factory=list)  # {"line", "path", "reason"}
+    converted: list[dict] = field(default_factory=list)  # {"path", "warning"}: colour -> grey
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -77,14 +79,20 @@ class ManifestItems:
             labels=[self.labels[i] for i in idx],
             patients=[self.patients[i] for i in idx],
             splits=[self.splits[i] for i in idx],
+            skipped=list(self.skipped),
+            converted=list(self.converted),
         )
 
 
-def read_manifest(path: Path, *, limit: int | None = None, seed: int = 0) -> ManifestItems:
+def read_manifest(
+    path: Path, *, limit: int | None = None, seed: int = 0, strict: bool = True
+) -> ManifestItems:
     """Read a manifest (path,label,patient_id[,split]); paths are relative to the manifest.
 
     `limit` keeps a random subset of that many rows, sampled whole patients at a time so that
-    no patient is split, for quick runs. Raises ManifestError naming the file and the reason.
+    no patient is split, for quick runs. Raises ManifestError naming the file and the reason;
+    with `strict=False` a row whose file is missing or whose label/patient is empty is listed
+    in `items.skipped` (line, path, reason) instead.
     """
     path = Path(path)
     if not path.is_file():
@@ -99,15 +107,23 @@ def read_manifest(path: Path, *, limit: int | None = None, seed: int = 0) -> Man
         raise ManifestError(f"{path}: no rows")
     items = ManifestItems([], [], [], [])
     for n, row in enumerate(rows, start=2):
-        file = (path.parent / row["path"]).resolve()
-        if not file.exists():
-            raise ManifestError(f"{path}, line {n}: {row['path']} does not exist")
-        if not row["label"].strip() or not row["patient_id"].strip():
-            raise ManifestError(f"{path}, line {n}: empty label or patient_id")
+        file = (path.parent / (row["path"] or "")).resolve()
+        reason = None
+        if not (row["path"] or "").strip() or not file.is_file():
+            reason = f"{row['path']} does not exist"
+        elif not (row["label"] or "").strip() or not (row["patient_id"] or "").strip():
+            reason = "empty label or patient_id"
+        if reason is not None:
+            if strict:
+                raise ManifestError(f"{path}, line {n}: {reason}")
+            items.skipped.append({"line": n, "path": str(row["path"]), "reason": reason})
+            continue
         items.paths.append(file)
         items.labels.append(row["label"].strip())
         items.patients.append(row["patient_id"].strip())
         items.splits.append((row.get("split") or "").strip().lower())
+    if not len(items):
+        raise ManifestError(f"{path}: no usable rows ({len(items.skipped)} skipped)")
     if limit is not None and limit < len(items):
         items = _limit_by_patient(items, limit=limit, seed=seed)
     if len(set(items.labels)) < 2:
@@ -150,15 +166,12 @@ class EvalConfig:
     imagenet_file: str | None = None  # local copy of downloaded ImageNet weights (build_backbone)
     size: int = 512
     input_size: int | None = None  # backbone input side (None: the slice size)
-    epochs: int = 30
+    epochs: int = 10  # the v0 (as first shipped) rows; the fixed rows stop early (<= 40)
     embed_dim: int = 128
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 1e-6
     margin: float = 0.7
     # ILD-FFN: linear reduction of the deep vector before the outer product only (None = the
     # paper's full p x q map, ~8 s per training step on 2 CPU cores with p = 1280).
-    reduce_deep: int | None = None
+    reduce_deep: int | None = 32
     index: str = "exact"
     seed: int = 0
     knn_k: int = 5
@@ -166,6 +179,7 @@ class EvalConfig:
     extra_variants: tuple[str, ...] = EXTRA_VARIANTS
     cache_dir: str | None = None
     device: str | None = None
+    strict: bool = False  # True: an unreadable image fails the run instead of being skipped
     extras: dict = field(default_factory=dict)
 
 
@@ -185,16 +199,53 @@ def _fold_splits(
     from retrieval.engine.training import patient_kfold
 
     label_ids = _label_ids(items.labels)[0]
-    return [
-        (np.asarray(tr), np.asarray(te))
-        for tr, te in patient_kfold(items.patients, label_ids, folds=folds, seed=seed)
-    ]
+    try:
+        return [
+            (np.asarray(tr), np.asarray(te))
+            for tr, te in patient_kfold(items.patients, label_ids, folds=folds, seed=seed)
+        ]
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from exc
 
 
 def _label_ids(labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     names = sorted(set(labels))
     lookup = {n: i for i, n in enumerate(names)}
     return np.array([lookup[x] for x in labels], dtype=np.int64), names
+
+
+def check_images(
+    items: ManifestItems, *, strict: bool = False, progress: Progress | None = None
+) -> ManifestItems:
+    """Decode every image once (`preprocess.load_image_file`); rows that cannot be read are
+    listed in `skipped` with their reason and left out (ManifestError with `strict`). Colour
+    images that are not grey saved as colour are converted to grey with a warning, listed in
+    `converted`."""
+    import warnings
+
+    from retrieval.engine.preprocess import ImageLoadError, load_image_file
+
+    keep, converted = [], []
+    skipped = list(items.skipped)
+    for i, path in enumerate(items.paths):
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                load_image_file(path)
+        except (ImageLoadError, ValueError, OSError, MemoryError) as exc:
+            if strict:
+                raise ManifestError(f"{path}: {exc}") from exc
+            skipped.append({"path": str(path), "reason": str(exc)})
+            continue
+        for w in caught:
+            converted.append({"path": str(path), "warning": str(w.message)})
+        keep.append(i)
+        if progress:
+            progress("read", i + 1, len(items))
+    out = items.subset(keep)
+    out.skipped = skipped
+    out.converted = converted
+    return out
 
 
 def extract_features(
@@ -232,7 +283,7 @@ def extract_features(
 
 
 def _search(train_emb: np.ndarray, test_emb: np.ndarray, *, backend: str, k: int, seed: int):
-    """Indices into the train set (Q, k) of each query's top k."""
+    """Indices into the train set (Q, k) of each query's top k, and their scores."""
     from retrieval.engine.index import build_index
 
     index = build_index(backend, dim=train_emb.shape[1], seed=seed)
@@ -241,47 +292,20 @@ def _search(train_emb: np.ndarray, test_emb: np.ndarray, *, backend: str, k: int
     return np.asarray(ids), np.asarray(scores)
 
 
-def _variant_embeddings(
-    name: str,
-    *,
-    deep_tr: np.ndarray,
-    rad_tr: np.ndarray,
-    deep_te: np.ndarray,
-    rad_te: np.ndarray,
-    y_tr: np.ndarray,
-    config: EvalConfig,
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(train embeddings, test embeddings, training metrics) of one variant on one fold.
+def _row(name: str, fold, *, config: EvalConfig):
+    from retrieval.engine import variants
 
-    `rad_*` are already standardised with statistics fitted on the train fold.
-    """
-    if name == "radiomics_only":
-        return metrics.l2_normalise(rad_tr), metrics.l2_normalise(rad_te), {}
-    if name == "deep_only":
-        return metrics.l2_normalise(deep_tr), metrics.l2_normalise(deep_te), {}
-    from retrieval.engine.fusion import head_embed
-    from retrieval.engine.training import TrainConfig, train_head
+    if name in TRAINED:
+        return variants.trained_row(name, fold, config=config)
+    return variants.baseline_row(name, fold, seed=config.seed)
 
-    fusion, loss = TRAINED[name]
-    tc = TrainConfig(
-        loss=loss,
-        margin=config.margin,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        embed_dim=config.embed_dim,
-        mode="head",
-        seed=config.seed,
-        fusion=fusion,
-        reduce_deep=config.reduce_deep,
-    )
-    head, train_metrics = train_head(deep=deep_tr, rad=rad_tr, labels=y_tr, config=tc)
-    return (
-        head_embed(head, fusion, deep_tr, rad_tr),
-        head_embed(head, fusion, deep_te, rad_te),
-        train_metrics,
-    )
+
+def _variants(config: EvalConfig) -> list[str]:
+    names = list(BASE_VARIANTS)
+    for extra in config.extra_variants:
+        if extra not in names:
+            names.append(extra)
+    return names
 
 
 def evaluate(
@@ -291,50 +315,66 @@ def evaluate(
     config: EvalConfig | None = None,
     progress: Progress | None = None,
 ) -> tuple[dict, tuple[np.ndarray, list[str], np.ndarray]]:
-    """Cross-validated retrieval metrics for every variant; returns (report, projection).
+    """Cross-validated retrieval metrics for every row; returns (report, projection).
 
-    `report` is what `report.json` holds (headline metrics of `fused_contrastive` at the top
-    level, every variant under `ablation`, `folds` with the patients of each held-out fold);
-    `projection` is (embeddings, labels, held-out mask) of the headline variant on fold 1, for
-    the report's scatter plot.
+    `report` is what `report.json` holds (the headline row's metrics at the top level, every
+    row under `ablation`, `folds` with the held-out patients and the headline's chosen
+    candidate of each fold, `skipped` rows with reasons); `projection` is (embeddings, labels,
+    held-out mask) of the headline on fold 1, for the report's scatter plot.
     """
     from retrieval.engine.radiomics import Standardizer
+    from retrieval.engine.variants import Fold, hierarchical_predictions
 
     config = config or EvalConfig()
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
+    items = check_images(items, strict=config.strict, progress=progress)
+    if len(set(items.labels)) < 2:
+        raise ManifestError(
+            f"need at least 2 classes among the readable rows, found {sorted(set(items.labels))}"
+        )
     splits = _fold_splits(items, folds=folds, seed=config.seed)  # fail before the slow part
     deep, rad, lung_fraction, feat_info = extract_features(items, config, progress=progress)
     t_feat = time.perf_counter() - t0
 
     usable = lung_fraction >= config.min_lung_fraction
     labels = np.asarray(items.labels)
-    y, class_names = _label_ids(items.labels)
+    patients = np.asarray(items.patients)
+    class_names = sorted(set(items.labels))
+    multi_slice = len(set(items.patients)) < len(items)
 
-    variants = list(BASE_VARIANTS)
-    for extra in config.extra_variants:
-        if extra not in variants:
-            variants.append(extra)
-    exact_twin = config.index != "exact"
-    trained_needed = [v for v in variants if v in TRAINED]
-
+    names = _variants(config)
+    row_names = [n for n in names if n != "hierarchical"]
+    pooled_names = list(names) + ([f"{HEADLINE}_exact"] if config.index != "exact" else [])
     pooled: dict[str, dict[str, list]] = {
-        v: {"query": [], "retrieved": [], "predicted": []} for v in variants
-    }
-    if exact_twin:
-        pooled[f"{HEADLINE}_exact"] = {"query": [], "retrieved": [], "predicted": []}
-    geometry: dict[str, list[dict]] = {v: [] for v in pooled}
-    training: dict[str, list[dict]] = {v: [] for v in trained_needed}
+        v: {"query": [], "patients": [], "retrieved": [], "rpatients": [], "scores": [],
+            "predicted": [], "abstained": []}
+        for v in pooled_names
+    }  # fmt: skip
+    geometry: dict[str, list[dict]] = {v: [] for v in pooled_names}
+    infos: dict[str, list[dict]] = {v: [] for v in pooled_names}
     fold_info = []
     projection = None
-    total_steps = len(splits) * len(variants)
+    total_steps = len(splits) * len(names)
     step = 0
+
+    def pool(name, *, te, retrieved, rpatients, scores, predicted, abstained, geo):
+        p = pooled[name]
+        p["query"].extend(labels[te].tolist())
+        p["patients"].extend(patients[te].tolist())
+        p["retrieved"].append(retrieved[:, :SEARCH_K])
+        p["rpatients"].append(rpatients[:, :SEARCH_K])
+        p["scores"].append(scores[:, :SEARCH_K])
+        p["predicted"].extend(np.asarray(predicted).astype(str).tolist())
+        p["abstained"].extend(
+            np.zeros(len(te), bool).tolist() if abstained is None else abstained.tolist()
+        )
+        geometry[name].append(geo)
+
     for f, (train_idx, test_idx) in enumerate(splits):
         train_idx = train_idx[usable[train_idx]]
         test_idx = test_idx[usable[test_idx]]
-        overlap = set(np.asarray(items.patients)[train_idx]) & set(
-            np.asarray(items.patients)[test_idx]
-        )
+        overlap = set(patients[train_idx]) & set(patients[test_idx])
         if len(train_idx) < SEARCH_K or not len(test_idx):
             raise ManifestError(
                 f"fold {f + 1}: {len(train_idx)} usable reference and {len(test_idx)} query "
@@ -344,86 +384,133 @@ def evaluate(
             raise RuntimeError(
                 f"fold {f + 1}: patients in both train and test: {sorted(overlap)[:5]}"
             )
-        fold_info.append(
-            {
-                "fold": f + 1,
-                "n_train": int(len(train_idx)),
-                "n_test": int(len(test_idx)),
-                "test_patients": sorted(set(np.asarray(items.patients)[test_idx].tolist())),
-            }
-        )
         std = Standardizer().fit(rad[train_idx])
-        rad_tr = std.transform(rad[train_idx])
-        rad_te = std.transform(rad[test_idx])
-        cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for name in variants:
-            base = HEADLINE if name == f"{HEADLINE}_knn" else name
-            if base not in cache:
-                emb_tr, emb_te, tm = _variant_embeddings(
-                    base,
-                    deep_tr=deep[train_idx],
-                    rad_tr=rad_tr,
-                    deep_te=deep[test_idx],
-                    rad_te=rad_te,
-                    y_tr=y[train_idx],
-                    config=config,
-                )
-                cache[base] = (emb_tr, emb_te)
-                if base in training:
-                    training[base].append(tm)
-            emb_tr, emb_te = cache[base]
-            k = max(SEARCH_K, config.knn_k)
-            ids, scores = _search(emb_tr, emb_te, backend=config.index, k=k, seed=config.seed)
+        fold = Fold(
+            deep_tr=deep[train_idx],
+            rad_tr=std.transform(rad[train_idx]).astype(np.float32),
+            y_tr=labels[train_idx].astype(str),
+            patients_tr=patients[train_idx].astype(str),
+            deep_te=deep[test_idx],
+            rad_te=std.transform(rad[test_idx]).astype(np.float32),
+            classes=class_names,
+        )
+        info_f = {
+            "fold": f + 1,
+            "n_train": int(len(train_idx)),
+            "n_test": int(len(test_idx)),
+            "test_patients": sorted(set(patients[test_idx].tolist())),
+        }
+        headline_row = None
+        for name in row_names:
+            t_row = time.perf_counter()
+            row = _row(name, fold, config=config)
+            ids, scores = _search(
+                row.emb_tr, row.emb_te, backend=config.index, k=SEARCH_K, seed=config.seed
+            )
             retrieved = labels[train_idx][ids]
-            if name.endswith("_knn"):
-                predicted = metrics.knn_vote(retrieved, k=config.knn_k, scores=scores)
-            else:
-                predicted = retrieved[:, 0].tolist()
-            pooled[name]["query"].extend(labels[test_idx].tolist())
-            pooled[name]["retrieved"].append(retrieved[:, :SEARCH_K])
-            pooled[name]["predicted"].extend(predicted)
-            geometry[name].append(metrics.embedding_metrics(emb_te, labels[test_idx]))
-            if name == HEADLINE and exact_twin:
-                ids_x, _ = _search(emb_tr, emb_te, backend="exact", k=SEARCH_K, seed=config.seed)
-                twin = pooled[f"{HEADLINE}_exact"]
-                twin["query"].extend(labels[test_idx].tolist())
-                twin["retrieved"].append(labels[train_idx][ids_x])
-                twin["predicted"].extend(labels[train_idx][ids_x[:, 0]].tolist())
-                geometry[f"{HEADLINE}_exact"].append(geometry[name][-1])
-            if name == HEADLINE and projection is None:
-                projection = (
-                    np.vstack([emb_tr, emb_te]),
-                    labels[train_idx].tolist() + labels[test_idx].tolist(),
-                    np.r_[np.zeros(len(emb_tr), bool), np.ones(len(emb_te), bool)],
-                )
+            predicted = retrieved[:, 0] if row.predicted is None else row.predicted
+            geo = metrics.embedding_metrics(row.emb_te, labels[test_idx])
+            pool(
+                name,
+                te=test_idx,
+                retrieved=retrieved,
+                rpatients=patients[train_idx][ids],
+                scores=scores,
+                predicted=predicted,
+                abstained=row.abstained,
+                geo=geo,
+            )
+            infos[name].append({**row.info, "seconds": round(time.perf_counter() - t_row, 1)})
+            if name == HEADLINE:
+                headline_row = row
+                info_f["chosen"] = row.info.get("chosen")
+                if config.index != "exact":
+                    ids_x, sc_x = _search(
+                        row.emb_tr, row.emb_te, backend="exact", k=SEARCH_K, seed=config.seed
+                    )
+                    pool(
+                        f"{HEADLINE}_exact",
+                        te=test_idx,
+                        retrieved=labels[train_idx][ids_x],
+                        rpatients=patients[train_idx][ids_x],
+                        scores=sc_x,
+                        predicted=predicted,
+                        abstained=row.abstained,
+                        geo=geo,
+                    )
+                if projection is None:
+                    projection = (
+                        np.vstack([row.emb_tr, row.emb_te]),
+                        labels[train_idx].tolist() + labels[test_idx].tolist(),
+                        np.r_[np.zeros(len(row.emb_tr), bool), np.ones(len(row.emb_te), bool)],
+                    )
             step += 1
             if progress:
                 progress("folds", step, total_steps)
+        if "hierarchical" in names and headline_row is not None:
+            pred_h, retr_h = hierarchical_predictions(
+                headline_row.emb_tr,
+                fold.y_tr,
+                fold.patients_tr,
+                headline_row.emb_te,
+                k=SEARCH_K,
+            )
+            pool(
+                "hierarchical",
+                te=test_idx,
+                retrieved=retr_h,
+                rpatients=np.full(retr_h.shape, ""),
+                scores=np.zeros(retr_h.shape),
+                predicted=pred_h,
+                abstained=None,
+                geo=geometry[HEADLINE][-1],
+            )
+            step += 1
+            if progress:
+                progress("folds", step, total_steps)
+        fold_info.append(info_f)
 
     ablation = {}
-    for name, pool in pooled.items():
+    for name, p in pooled.items():
+        if not p["query"]:
+            continue
         row = metrics.retrieval_metrics(
-            pool["query"],
-            np.vstack(pool["retrieved"]),
-            labels=class_names,
-            predicted=pool["predicted"],
+            p["query"], np.vstack(p["retrieved"]), labels=class_names, predicted=p["predicted"]
         )
-        geo = geometry[name]
-        for key in geo[0]:
-            row[key] = float(np.mean([g[key] for g in geo]))
-        if name in training and training[name]:
-            row["training"] = training[name]
+        for key in geometry[name][0]:
+            row[key] = float(np.mean([g[key] for g in geometry[name]]))
+        correct = np.asarray(p["predicted"]) == np.asarray(p["query"])
+        abstained = np.asarray(p["abstained"], bool)
+        if abstained.any() or name == HEADLINE:
+            row.update(metrics.coverage_metrics(correct, abstained))
+        if multi_slice and name != "hierarchical":
+            row.update(
+                metrics.case_metrics(
+                    p["patients"],
+                    p["query"],
+                    np.vstack(p["rpatients"]),
+                    np.vstack(p["retrieved"]),
+                    np.vstack(p["scores"]),
+                    labels=class_names,
+                )
+            )
+        if infos[name] and any(infos[name]):
+            row["folds"] = infos[name]
         ablation[name] = row
 
     headline = ablation[HEADLINE]
-    report = {key: value for key, value in headline.items() if key != "training"}
+    report = {key: value for key, value in headline.items() if key != "folds"}
     report.update(
         {
             "headline": HEADLINE,
             "ablation": ablation,
             "folds": fold_info,
+            "skipped": items.skipped,
+            "converted": items.converted,
             "meta": {
-                "n_items": len(items),
+                "n_items": len(items) + len(items.skipped),
+                "n_read": len(items),
+                "n_skipped": len(items.skipped),
                 "n_used": int(usable.sum()),
                 "n_patients": len(set(items.patients)),
                 "classes": class_names,

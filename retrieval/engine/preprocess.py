@@ -384,8 +384,13 @@ def load_image_file(path: str | Path) -> tuple[np.ndarray, bool]:
     (uint8 windowed grey, True) for PNG/JPEG/8-bit TIFF, (int16 Hounsfield units, False) for
     a signed 16-bit TIFF.
 
-    Raises ImageLoadError naming the file and the reason.
+    Colour whose channels repeat one grey image is that image (a 16-bit one stays Hounsfield
+    units); other 8-bit colour is converted to grey and the decoder's note is issued as a
+    `UserWarning` naming the file (evaluation lists them in its report). Raises ImageLoadError
+    naming the file and the reason.
     """
+    import warnings
+
     from cases.reference_images import ImageReadError, reference_image_decode
 
     path = Path(path)
@@ -393,4 +398,6 @@ def load_image_file(path: str | Path) -> tuple[np.ndarray, bool]:
         image = reference_image_decode(path.read_bytes())
     except (OSError, ImageReadError) as exc:
         raise ImageLoadError(f"{path}: cannot read image ({exc})") from exc
+    for note in getattr(image, "warnings", None) or []:
+        warnings.warn(f"{path}: {note}", UserWarning, stacklevel=2)
     return image.pixels, image.is_windowed

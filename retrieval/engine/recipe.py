@@ -9,8 +9,13 @@ call `train_retrieval_model`; they differ only in the `RecipeConfig` they pass. 
 3. deep features of the slices kept (`FeatureExtractor.deep`: eval mode, no gradients) —
    skipped in end-to-end mode, which computes them itself while it fine-tunes;
 4. the radiomics standardisation fitted on those slices;
-5. the head trained on the frozen features (`train_head`), or backbone and head fine-tuned
-   together (`train_end_to_end`) when `train.mode` is "end_to_end".
+5. by default (`embedding="adaptive"`) the headline embedding of the evaluation
+   (`selection.select_embedding`: the frozen vector, whitening, a learned residual part and the
+   radiomics gate chosen on a patient-level inner split of the library, refitted on all of it),
+   with the abstention thresholds calibrated on that inner validation stored in
+   `model.config["abstain"]` and the choice in `model.config["selection"]`;
+   `embedding="head"` trains `train.fusion`'s head on the frozen features (`train_head`), and
+   `train.mode` "end_to_end" fine-tunes backbone and head together (`train_end_to_end`).
 
 Seeded by `train.seed` (and by the caller's torch seed for a random-init backbone): the same
 inputs and config give the same model.
@@ -38,6 +43,7 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     feature_batch: int = 16  # slices per backbone forward pass
     device: str | None = None  # None: CUDA when available
+    embedding: str = "adaptive"  # "adaptive" (the evaluation's headline) | "head" (train.fusion)
 
 
 def train_retrieval_model(
@@ -46,14 +52,20 @@ def train_retrieval_model(
     config: RecipeConfig,
     *,
     class_names: Sequence[str] | None = None,
+    patients: Sequence[str] | None = None,
 ) -> RetrievalModel:
     """Train a model on PreparedSlices `prepared` labelled `labels` (class names).
 
     `class_names` is the model's list of classes (default: the sorted distinct labels); every
-    label must be in it. The model's `config` is the training config plus `size` and `weights`
-    (the weights' source as resolved by the backbone factory); `metrics` are the training
-    metrics. Raises ValueError when fewer than two classes keep usable slices and
-    BackboneWeightsUnavailable when the weights cannot be had.
+    label must be in it. `patients` (one id per slice: the case it comes from) keeps a case's
+    slices on one side of the adaptive embedding's inner validation split; without them every
+    slice counts as its own case (near-identical slices of one case can then be on both sides,
+    which flatters every candidate alike; `model.config["selection"]["inner_split"]` says so).
+    The model's `config` is the training config plus `size` and `weights` (the weights' source
+    as resolved by the backbone factory) and, for the adaptive embedding, the chosen candidate,
+    the kNN k and the abstention thresholds; `metrics` are the training metrics. Raises
+    ValueError when fewer than two classes keep usable slices and BackboneWeightsUnavailable
+    when the weights cannot be had.
     """
     import torch
 
@@ -70,14 +82,20 @@ def train_retrieval_model(
         config.backbone, weights=config.weights, imagenet_file=config.imagenet_file, device=device
     )
     radiomics = RadiomicsExtractor()
-    rows, kept, y = [], [], []
-    for p, label in zip(prepared, labels, strict=True):
+    patient_ids = (
+        [str(i) for i in range(len(labels))] if patients is None else [str(p) for p in patients]
+    )
+    if len(patient_ids) != len(labels):
+        raise ValueError("patients must give one id per slice")
+    rows, kept, y, kept_patients = [], [], [], []
+    for p, label, patient in zip(prepared, labels, patient_ids, strict=True):
         try:
             rows.append(radiomics.extract(p.image, p.mask))
         except RadiomicsError:
             continue
         kept.append(p)
         y.append(class_names.index(label))
+        kept_patients.append(patient)
     if len(set(y)) < 2:
         raise ValueError("training needs usable slices of at least two classes")
     y = np.asarray(y, dtype=np.int64)
@@ -94,6 +112,19 @@ def train_retrieval_model(
     else:
         extractor = FeatureExtractor(backbone, radiomics, config.feature_batch)
         deep = extractor.deep([p.image for p in kept])
+        if config.embedding == "adaptive":
+            return _adaptive_model(
+                config,
+                backbone=backbone,
+                radiomics=radiomics,
+                standardizer=standardizer,
+                deep=deep,
+                rad=standardizer.transform(rad),
+                y=y,
+                patients=kept_patients,
+                class_names=class_names,
+                patients_given=patients is not None,
+            )
         head, metrics = train_head(
             deep=deep, rad=standardizer.transform(rad), labels=y, config=config.train
         )
@@ -105,4 +136,58 @@ def train_retrieval_model(
         class_names=class_names,
         config={**asdict(config.train), "size": config.size, "weights": backbone.weights_source},
         metrics=metrics,
+    )
+
+
+def _adaptive_model(
+    config: RecipeConfig,
+    *,
+    backbone,
+    radiomics,
+    standardizer,
+    deep: np.ndarray,
+    rad: np.ndarray,
+    y: np.ndarray,
+    patients: list[str],
+    class_names: list[str],
+    patients_given: bool,
+) -> RetrievalModel:
+    """The evaluation's headline embedding trained on the whole library (module docstring)."""
+    from retrieval.engine.selection import SelectionConfig, select_embedding
+
+    sel = select_embedding(
+        deep=deep,
+        rad=rad,
+        labels=np.asarray(class_names)[y],
+        patients=np.asarray(patients),
+        config=SelectionConfig(seed=config.train.seed),
+    )
+    selection = {
+        **sel.chosen,
+        "inner_split": "patient-level" if patients_given else "slice-level (no patient ids)",
+    }
+    return RetrievalModel(
+        backbone=backbone,
+        radiomics=radiomics,
+        standardizer=standardizer,
+        head=sel.model,
+        class_names=class_names,
+        config={
+            **asdict(config.train),
+            "fusion": "adaptive",
+            "embedding": "adaptive",
+            "knn_k": sel.k,
+            "selection": selection,
+            "abstain": sel.thresholds,
+            "size": config.size,
+            "weights": backbone.weights_source,
+        },
+        metrics={
+            "selection": selection,
+            "candidate_scores": sel.scores,
+            "abstain": sel.thresholds,
+            "n_train": int(len(y)),
+            "n_classes": int(len(np.unique(y))),
+            **sel.info,
+        },
     )

@@ -233,7 +233,11 @@ def train_head(
     if val is not None:
         from retrieval.engine.fusion import head_embed
 
-        v_deep, v_rad, v_labels = _check_inputs(*val)
+        v_deep = np.asarray(val[0], dtype=np.float32)
+        v_rad = np.asarray(val[1], dtype=np.float32)
+        v_labels = np.asarray(val[2]).astype(np.int64)
+        if not (len(v_deep) == len(v_rad) == len(v_labels) > 0):
+            raise ValueError("validation deep, radiomics and labels must be non-empty and equal")
 
         def validate() -> float:
             return knn_val_score(

@@ -75,12 +75,16 @@ class Fold:
 
 def _validation_split(fold: Fold, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """About 1/5 of the train patients held out (stratified by label) for early stopping."""
+    import warnings
+
     from sklearn.model_selection import StratifiedGroupKFold
 
     y = np.array([fold.classes.index(v) for v in fold.y_tr])
     n_splits = max(2, min(5, len(np.unique(fold.patients_tr))))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    tr, va = next(splitter.split(np.zeros(len(y)), y, fold.patients_tr))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" on tiny sets
+        tr, va = next(splitter.split(np.zeros(len(y)), y, fold.patients_tr))
     return tr, va
 
 
@@ -106,8 +110,8 @@ def trained_row(name: str, fold: Fold, *, config) -> Row:
         **settings,
     )
     y = np.array([fold.classes.index(v) for v in fold.y_tr])
-    if recipe == "fixed":
-        tr, va = _validation_split(fold, config.seed)
+    tr, va = _validation_split(fold, config.seed) if recipe == "fixed" else (None, None)
+    if tr is not None and len(np.unique(y[tr])) == len(np.unique(y)) and len(va):
         head, info = train_head(
             deep=fold.deep_tr[tr],
             rad=fold.rad_tr[tr],
@@ -115,7 +119,7 @@ def trained_row(name: str, fold: Fold, *, config) -> Row:
             config=tc,
             val=(fold.deep_tr[va], fold.rad_tr[va], y[va]),
         )
-    else:
+    else:  # v0 recipe, or too few patients for a validation split: fixed epochs
         head, info = train_head(deep=fold.deep_tr, rad=fold.rad_tr, labels=y, config=tc)
     info = {k: v for k, v in info.items() if k != "loss_history"}
     return Row(

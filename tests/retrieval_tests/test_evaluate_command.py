@@ -39,7 +39,10 @@ def test_evaluate_retrieval_writes_report_json_and_html(tmp_path):
         "deep_only",
         "deep_contrastive",
         "fused_contrastive",
+        "adaptive",
     }
+    assert report["headline"] == "adaptive"
+    assert report["folds"][0]["chosen"]["candidate"]  # the headline's choice is recorded
     assert report["meta"]["fold_source"] == "manifest split column"
     # the split column's test patients are exactly the held-out ones
     assert report["folds"][0]["test_patients"] == ["normal-p3", "reticular-p3"]

@@ -41,7 +41,6 @@ def tiny_report(tmp_path_factory):
         epochs=1,
         embed_dim=16,
         reduce_deep=8,
-        batch_size=16,
         cache_dir=str(folder / "cache"),
     )
     report, projection = evaluate(items=items, folds=3, config=config)
