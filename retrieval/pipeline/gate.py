@@ -51,9 +51,41 @@ def library_gate_table(
     config,
     active: ModelVersion | None = None,
 ) -> dict:
-    """The gate's table (see `retrieval.engine.holdout.holdout_evaluate`), or {"skipped":
-    reason} when the library is too small to hold patients out."""
+    """The gate's table of the library recipe `config` (see `gate_table`)."""
     from retrieval.engine.backbones import build_backbone
+
+    return gate_table(
+        prepared=prepared,
+        labels=labels,
+        patients=patients,
+        class_names=class_names,
+        train=lambda p, y, g: recipe_train(p, y, g, config=config, class_names=class_names),
+        frozen_backbone_factory=lambda: build_backbone(
+            config.backbone,
+            weights=config.weights,
+            imagenet_file=config.imagenet_file,
+            device=config.device,
+        ),
+        size=int(config.size),
+        active=active,
+    )
+
+
+def gate_table(
+    *,
+    prepared: list,
+    labels: list[str],
+    patients: list[str],
+    class_names: list[str] | None,
+    train,
+    frozen_backbone_factory,
+    size: int,
+    active: ModelVersion | None = None,
+) -> dict:
+    """The gate's table (see `retrieval.engine.holdout.holdout_evaluate`) for a training
+    function `train(prepared, labels, patients) -> RetrievalModel`, with the active version
+    scored when it embeds slices of the same `size`; {"skipped": reason} when the data is too
+    small to hold patients out."""
     from retrieval.engine.holdout import holdout_evaluate
 
     active_model, active_name, notes = None, "", []
@@ -63,25 +95,20 @@ def library_gate_table(
         except PipelineDataError as exc:
             notes.append(f"active version {active.name} not scored: {exc}")
         else:
-            if model_image_size(model) == int(config.size):
+            if model_image_size(model) == int(size):
                 active_model, active_name = model, active.name
             else:
                 notes.append(
                     f"active version {active.name} not scored: it embeds slices of "
-                    f"{model_image_size(model)} px, this recipe {config.size} px"
+                    f"{model_image_size(model)} px, this recipe {size} px"
                 )
     try:
         table = holdout_evaluate(
             prepared=prepared,
             labels=labels,
             patients=patients,
-            train=lambda p, y, g: recipe_train(p, y, g, config=config, class_names=class_names),
-            frozen_backbone_factory=lambda: build_backbone(
-                config.backbone,
-                weights=config.weights,
-                imagenet_file=config.imagenet_file,
-                device=config.device,
-            ),
+            train=train,
+            frozen_backbone_factory=frozen_backbone_factory,
             active_model=active_model,
             active_name=active_name,
             class_names=class_names,

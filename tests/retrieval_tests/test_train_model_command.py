@@ -31,12 +31,16 @@ def test_train_model_saves_a_loadable_artefact_and_registers_the_active_version(
 
     manifest = write_manifest(tmp_path / "data", classes=("a", "b"), patients_per_class=2, size=64)
     out = tmp_path / "model"
+    # A random-weight model on 4 patients is worse than the frozen backbone on the held-out
+    # gate: activating it needs the written reason.
     call_command(
         "train_model", str(manifest), "--out", str(out), *FAST, "--activate", "--name", "v1",
-        stdout=StringIO(), verbosity=0,
+        "--override-reason", "test model", stdout=StringIO(), verbosity=0,
     )  # fmt: skip
     version = model_version_active()
     assert version is not None and version.name == "v1"
+    assert set(version.holdout["rows"]) == {"frozen", "this"}
+    assert version.holdout["n_heldout_patients"] == 2
     assert version.backbone == "efficientnet_lite0"
     assert version.metrics["n_slices"] == 8
     assert version.config["fusion"] == "ildffn"

@@ -55,6 +55,12 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="", help="model version name (default: folder)")
         parser.add_argument("--register", action="store_true")
         parser.add_argument("--activate", action="store_true", help="implies --register")
+        parser.add_argument(
+            "--override-reason",
+            default="",
+            help="with --activate: why a version that the held-out gate shows worse than the "
+            "frozen backbone or the active version should serve anyway (audit log)",
+        )
 
     def handle(self, *args, **opts):
         from retrieval.engine.evaluation import ManifestError, read_manifest
@@ -108,14 +114,47 @@ class Command(BaseCommand):
         if register:
             from retrieval.services import ModelVersionError, model_version_register
 
+            # The held-out gate's table (the same training on part of the patients); the
+            # registration stores it and activation goes through the gate.
+            holdout = _gate_table(prepared, labels, patients, opts=opts)
             try:
                 version = model_version_register(
-                    artefact_dir=out, name=name, activate=opts["activate"]
+                    artefact_dir=out,
+                    name=name,
+                    activate=opts["activate"],
+                    holdout=holdout,
+                    override_reason=opts["override_reason"],
                 )
             except ModelVersionError as exc:
                 raise CommandError(str(exc)) from exc
             state = "registered and activated" if version.is_active else "registered"
             self.stdout.write(self.style.SUCCESS(f"model version {version.name!r} {state}"))
+
+
+def _gate_table(prepared, labels, patients, *, opts) -> dict:
+    """The held-out gate's table of this command's training (`retrieval.pipeline.gate`)."""
+    from retrieval.engine.backbones import build_backbone
+    from retrieval.pipeline.gate import gate_table
+    from retrieval.selectors import model_version_active
+
+    def train(p, y, g):
+        if opts["mode"] == "finetune":
+            return _train_finetuned(p, y, g, opts=opts, quiet=True)
+        return _train(p, y, opts=opts)
+
+    options = backbone_options(opts)
+    return gate_table(
+        prepared=prepared,
+        labels=list(labels),
+        patients=list(patients),
+        class_names=None,
+        train=train,
+        frozen_backbone_factory=lambda: build_backbone(
+            options["backbone"], weights=options["weights"], imagenet_file=options["imagenet_file"]
+        ),
+        size=opts["size"],
+        active=model_version_active(),
+    )
 
 
 def _remove_partial(out: Path) -> None:
