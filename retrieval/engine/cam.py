@@ -53,7 +53,8 @@ class _EmbeddingWithFixedRadiomics(nn.Module):
 
 
 def _head_uses_radiomics(model) -> bool:
-    return getattr(model, "fusion", "ildffn") == "ildffn"
+    # Heads fed (deep, radiomics), as `fusion.head_embed` feeds them.
+    return getattr(model, "fusion", "ildffn") in ("ildffn", "adaptive")
 
 
 def _standardised_radiomics(model, prepared) -> torch.Tensor:
