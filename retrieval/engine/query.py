@@ -104,18 +104,21 @@ class QueryResult:
 
 
 ABSTAIN_KEYS = ("min_top_similarity", "min_vote_margin")
+# The names `retrieval.engine.metrics.calibrate_abstain` writes (the recipe stores its output).
+ABSTAIN_ALIASES = {"min_top_similarity": "min_similarity", "min_vote_margin": "min_margin"}
 
 
 def abstain_thresholds(*sources: dict | None) -> dict[str, float | None]:
     """The abstain thresholds of a model: the `"abstain"` entry of the first of `sources`
-    (its config, then its metrics) that has one, each key a float. Anything missing or
-    unreadable is None, which never abstains."""
+    (its config, then its metrics) that has one, each key a float (`ABSTAIN_KEYS`, or the
+    calibration's names `ABSTAIN_ALIASES`). Anything missing or unreadable is None, which
+    never abstains."""
     found = (s.get("abstain") for s in sources if isinstance(s, dict))
     raw = next((a for a in found if isinstance(a, dict)), None)
     out: dict[str, float | None] = dict.fromkeys(ABSTAIN_KEYS)
     if isinstance(raw, dict):
         for key in ABSTAIN_KEYS:
-            value = raw.get(key)
+            value = raw.get(key, raw.get(ABSTAIN_ALIASES[key]))
             if isinstance(value, int | float) and np.isfinite(value):
                 out[key] = float(value)
     return out

@@ -101,6 +101,9 @@ def test_thresholds_are_read_from_the_model_config_then_its_metrics_with_safe_de
         {"abstain": {"min_vote_margin": 0.9}},
     )
     assert both == {"min_top_similarity": 0.5, "min_vote_margin": None}
+    # The calibration's own names (metrics.calibrate_abstain), as the recipe stores them.
+    calibrated = {"abstain": {"min_similarity": 0.31, "min_margin": 0.12, "coverage": 0.9}}
+    assert abstain_thresholds(calibrated) == {"min_top_similarity": 0.31, "min_vote_margin": 0.12}
 
 
 def test_class_balance_correction_turns_a_vote_won_by_numbers_alone():
