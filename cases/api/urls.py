@@ -1,9 +1,12 @@
 """REST API routes of the cases app (included at /api/ by ildreview/api_urls.py; the
 retrieval app's results and CAM routes are `retrieval.urls.api_urlpatterns`)."""
 
-from django.urls import path
+from django.urls import path, register_converter
 
-from cases.api import files, views
+from cases.api import dicomweb, files, views
+
+register_converter(dicomweb.DicomUidConverter, "dicomuid")
+_DW = "dicomweb/studies/<dicomuid:study_uid>/series/<dicomuid:series_uid>"
 
 urlpatterns = [
     path("auth/token/", views.TokenObtainView.as_view(), name="api-token"),
@@ -32,4 +35,28 @@ urlpatterns = [
     # Stored files, by the id of their row (cases/api/files.py).
     path("files/slices/<int:pk>.npy", files.SlicePixelsView.as_view(), name="api-file-slice-npy"),
     path("files/slices/<int:pk>.dcm", files.SliceDicomView.as_view(), name="api-file-slice-dcm"),
+    # A read-only DICOMweb subset, same visibility as the pages (cases/api/dicomweb.py).
+    path("dicomweb/studies", dicomweb.StudiesView.as_view(), name="dicomweb-studies"),
+    path(
+        "dicomweb/studies/<dicomuid:study_uid>/series",
+        dicomweb.StudySeriesView.as_view(),
+        name="dicomweb-series",
+    ),
+    path(f"{_DW}/instances", dicomweb.SeriesInstancesView.as_view(), name="dicomweb-instances"),
+    path(f"{_DW}/metadata", dicomweb.SeriesMetadataView.as_view(), name="dicomweb-series-meta"),
+    path(
+        f"{_DW}/instances/<dicomuid:instance_uid>/metadata",
+        dicomweb.InstanceMetadataView.as_view(),
+        name="dicomweb-instance-meta",
+    ),
+    path(
+        f"{_DW}/instances/<dicomuid:instance_uid>",
+        dicomweb.InstanceView.as_view(),
+        name="dicomweb-instance",
+    ),
+    path(
+        f"{_DW}/instances/<dicomuid:instance_uid>/frames/<int:frame>",
+        dicomweb.FrameView.as_view(),
+        name="dicomweb-frame",
+    ),
 ]
