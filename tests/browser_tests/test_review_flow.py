@@ -195,10 +195,14 @@ def test_clinician_upload_expert_review_approval_and_retrieval_of_the_approved_c
     assert "Proposed" in page.locator("[data-testid=reference-state]").inner_text()
     logout(page)
 
-    # 3. A second expert approves it; the worker embeds it into the index.
+    # 3. A second expert looks at the evidence (the review, opened from the queue's card) and
+    # approves it; the worker embeds it into the index.
     login(page, base, "expert2")
     page.goto(f"{base}/approvals/")
     reference = ReferenceCase.objects.get(study_id=first, state=ReferenceCase.State.PROPOSED)
+    with page.expect_navigation():
+        page.click(f"#reference-{reference.pk} [data-testid=open-review]")
+    page.goto(f"{base}/approvals/")
     with page.expect_navigation():
         page.click(f"#reference-{reference.pk} button[name=approve]")
     assert page.locator(f"#approved-{reference.pk}").count() == 1
