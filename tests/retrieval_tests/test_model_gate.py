@@ -161,6 +161,7 @@ def test_a_broken_candidate_is_registered_but_the_frozen_backbone_version_is_ser
         size=SIZE,
         train=TrainConfig(epochs=0, fusion="radiomics", embed_dim=1),
         device="cpu",
+        embedding="head",  # the head as configured, no selection that would rescue it
     )
 
     trained, served = library_train_gated(
