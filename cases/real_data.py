@@ -83,13 +83,18 @@ def _dicom_files(folder: Path) -> list[Path]:
 
 
 def _quiet(function):
-    """Run `function` without pydicom's warning about each invalid UID (what is repaired;
-    pydicom converts values lazily, so the whole use of a dataset is covered)."""
+    """Run `function` without pydicom's warnings and log lines about each invalid UID (what
+    is repaired; pydicom converts values lazily, so the whole use of a dataset is covered)."""
 
     def wrapped(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return function(*args, **kwargs)
+        mode = pydicom.config.settings.reading_validation_mode
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return function(*args, **kwargs)
+        finally:
+            pydicom.config.settings.reading_validation_mode = mode
 
     wrapped.__name__, wrapped.__doc__ = function.__name__, function.__doc__
     return wrapped
