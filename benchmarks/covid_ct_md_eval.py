@@ -1,7 +1,7 @@
 """Real Hounsfield units: retrieval on COVID-CT-MD read through the pipeline's DICOM path.
 
     python benchmarks/covid_ct_md_eval.py [--data DIR] [--out DIR] [--patients P001,cap001,...]
-        [--slices-per-patient N] [--epochs N] [--no-trained] [--cache DIR] [--threads N]
+        [--slices-per-patient N] [--epochs N] [--rows a,b] [--cache DIR] [--threads N]
 
 Data: `covid-ct-md/` under ILDREVIEW_REAL_DATA (default ../shared/datasets from the project root):
 6 low-dose chest CT series (COVID-19 P001 P002, CAP cap001 cap002, Normal normal001 normal002),
@@ -29,11 +29,14 @@ b) slice level, infected vs clear (P001, P002, cap001, cap002; `infection` 0/1):
    slice's infection label is the prediction (precision / recall / F1 of "infected") and mAP@10
    counts retrieved slices with the query's infection label.
 
-Rows: `radiomics_only` (standardised on the library, L2), `deep_only` (frozen GeM vector, L2)
-and `trained`: the app's recipe (`retrieval.engine.recipe.train_retrieval_model`, the function
-that trains the bootstrap model, with the bootstrap's settings: head-only, up to 16 usable
-slices per case, 20 epochs, reduced ILD-FFN on CPU) trained per fold on the library's diagnosis
-labels only (the held-out patient is never seen; infection labels are never used for training).
+Rows: `radiomics_only` (standardised on the library, L2), `deep_only` (frozen GeM vector, L2),
+and two models of the app's recipe (`retrieval.engine.recipe.train_retrieval_model`, the
+function that trains the bootstrap model, with the bootstrap's settings: up to 16 usable slices
+per case, seed 0, 20 epochs, reduced ILD-FFN on CPU), trained per fold on the library's
+diagnosis labels only (the held-out patient is never seen; infection labels are never used):
+`headline` = the recipe's default embedding (the adaptive one chosen on an inner patient split,
+`retrieval.engine.selection`), `ildffn_head` = its `embedding="head"` (the paper's ILD-FFN
+trained with the contrastive loss, the bootstrap's model before the adaptive embedding).
 
 Writes OUT/report.json and prints the table.
 """
@@ -66,7 +69,9 @@ SIZE = 512
 K_SLICES = 20  # rank_cases default, as the app
 MAP_K = 10
 INFECTION_PATIENTS = ("P001", "P002", "cap001", "cap002")
-ROWS = ("radiomics_only", "deep_only", "trained")
+ROWS = ("radiomics_only", "deep_only", "headline", "ildffn_head")
+# Trained rows: the recipe's `embedding` for each.
+TRAINED = {"headline": "adaptive", "ildffn_head": "head"}
 
 
 @dataclass
@@ -220,8 +225,9 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def trained_model(library: list[SliceRow], args, frozen_sha: str):
-    """The recipe's model trained on the library (None, reason when it cannot train)."""
+def trained_model(library: list[SliceRow], args, frozen_sha: str, embedding: str):
+    """The recipe's model (`embedding` "adaptive": the headline, "head": the ILD-FFN head)
+    trained on the library; (None, {"skipped": reason}) when it cannot train."""
     from cases.dicom.reading import ct_instance_read
     from retrieval.engine.preprocess import prepare_slice
     from retrieval.engine.recipe import RecipeConfig, train_retrieval_model
@@ -253,6 +259,7 @@ def trained_model(library: list[SliceRow], args, frozen_sha: str):
         ),
         feature_batch=8,
         device=args.device,
+        embedding=embedding,
     )
     kwargs = {"class_names": sorted({r.label for r in picks})}
     if "patients" in inspect.signature(train_retrieval_model).parameters:
@@ -267,9 +274,8 @@ def trained_model(library: list[SliceRow], args, frozen_sha: str):
         "train_s": round(time.perf_counter() - started, 1),
         "config": {k: v for k, v in model.config.items() if isinstance(v, (str, int, float))},
     }
-    for key in ("selected", "chosen", "candidate"):
-        if key in model.config:
-            info[key] = model.config[key]
+    if "selection" in model.config:  # the adaptive embedding's choice on its inner split
+        info["selection"] = model.config["selection"]
     same_backbone = model.backbone_weights_sha256 == frozen_sha and not getattr(
         model.backbone, "fine_tuned_sha256", ""
     )
@@ -279,7 +285,7 @@ def trained_model(library: list[SliceRow], args, frozen_sha: str):
 
 def embed(row_name: str, rows: list[SliceRow], library: list[SliceRow], model) -> np.ndarray:
     """Embeddings of `rows` for one table row (`library` fits the radiomics standardiser;
-    `model` is trained_model's (net, info) for the trained row)."""
+    `model` is trained_model's (net, info) for a trained row)."""
     from retrieval.engine.radiomics import Standardizer
 
     if row_name == "deep_only":
@@ -319,14 +325,17 @@ def fold_run(held: str, rows: list[SliceRow], row_names, args, frozen_sha: str) 
     library = [r for r in usable if r.patient != held]
     fold = Fold(patient=held, label=next(r.label for r in rows if r.patient == held))
     if not query:
-        fold.training = {"skipped": "no usable query slice"}
+        fold.training = {"all": {"skipped": "no usable query slice"}}
         return fold
     patients = sorted({r.patient for r in library})
     meta = {i: (patients.index(r.patient), r.label) for i, r in enumerate(library)}
-    model = None
-    if "trained" in row_names:
-        net, fold.training = trained_model(library, args, frozen_sha)
-        model = (net, fold.training) if net is not None else None
+    models = {}
+    for name in row_names:
+        if name in TRAINED:
+            net, info = trained_model(library, args, frozen_sha, TRAINED[name])
+            fold.training[name] = info
+            if net is not None:
+                models[name] = (net, info)
     infected_q = [i for i, r in enumerate(query) if r.infection is not None]
     infected_ref = [
         i
@@ -334,10 +343,10 @@ def fold_run(held: str, rows: list[SliceRow], row_names, args, frozen_sha: str) 
         if r.patient in INFECTION_PATIENTS and r.infection is not None
     ]
     for name in row_names:
-        if name == "trained" and model is None:
+        if name in TRAINED and name not in models:
             continue
-        lib_vec = embed(name, library, library, model)
-        q_vec = embed(name, query, library, model)
+        lib_vec = embed(name, library, library, models.get(name))
+        q_vec = embed(name, query, library, models.get(name))
         index = _index(lib_vec)
         result = rank_cases(
             query_vectors=q_vec,
@@ -477,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patients", help="comma-separated subset (default: all six)")
     parser.add_argument("--slices-per-patient", type=int, help="subset of each series (tests)")
     parser.add_argument("--epochs", type=int, default=20, help="the bootstrap's default, 20")
-    parser.add_argument("--no-trained", action="store_true", help="frozen rows only")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     args = parser.parse_args(argv)
@@ -503,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = FeatureCache(args.cache) if str(args.cache) else None
     features_extract(rows, extractor, cache, progress=True)
     features_s = time.perf_counter() - started
-    row_names = [r for r in ROWS if not (args.no_trained and r == "trained")]
+    row_names = [r for r in ROWS if r in args.rows.split(",")]
     folds = []
     for held in sorted({r.patient for r in rows}):
         print(f"  fold: {held} held out", flush=True)

@@ -30,6 +30,9 @@ export SECURE_HSTS_SECONDS="${SECURE_HSTS_SECONDS:-0}"
 
 $PY manage.py collectstatic --noinput --verbosity 0
 $PY manage.py migrate --noinput
+# The demo library (empty install only): the real public CT series under ILDREVIEW_REAL_DATA
+# (../shared/datasets) when present, else synthetic phantoms; ILDREVIEW_DEMO_LIBRARY=real|phantoms
+# chooses.
 $PY manage.py setup_demo
 # A retrieval model trained on the demo library (first run only; later runs just check that
 # every approved case is embedded).

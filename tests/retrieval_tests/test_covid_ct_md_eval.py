@@ -45,6 +45,8 @@ def test_covid_ct_md_evaluation_on_four_patients_reports_every_row_with_fraction
             "2",
             "--epochs",
             "1",
+            "--rows",
+            "radiomics_only,deep_only,headline",
             "--threads",
             "1",
             "--device",
@@ -58,7 +60,7 @@ def test_covid_ct_md_evaluation_on_four_patients_reports_every_row_with_fraction
     assert code == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert set(report["rows"]) == {"radiomics_only", "deep_only", "trained"}
+    assert set(report["rows"]) == {"radiomics_only", "deep_only", "headline"}
     for name, row in report["rows"].items():
         assert name in printed
         assert "skipped" not in row, row
@@ -69,9 +71,9 @@ def test_covid_ct_md_evaluation_on_four_patients_reports_every_row_with_fraction
     # P002's series has an empty SOPInstanceUID and UUID Study/Series UIDs: read repaired.
     assert report["uids_repaired"] == ["P002"]
     assert report["slices"]["P002"] == {"kept": 2, "usable": 2}
-    # The trained row is the app's recipe, trained without the held-out patient.
+    # The headline is the app's recipe, trained without the held-out patient.
     for fold in report["folds"]:
-        assert fold["training"]["train_slices"] == 6
+        assert fold["training"]["headline"]["train_slices"] == 6
         ranked = [p for p, _, _ in fold["ranking"]["deep_only"]]
         assert fold["held_out"] not in ranked and len(ranked) == 3
     assert len(list((tmp_path / "cache").rglob("*.npz"))) == 8
