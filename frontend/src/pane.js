@@ -2,11 +2,12 @@
 // typed W/L), slice slider, HU probe, zoom readout, CAM overlay and lung outline. The CAM and
 // the outline are an <img>/<canvas> over the viewport, placed on the image's corners after
 // every render, so they follow zoom and pan.
-import { Enums, utilities } from "@cornerstonejs/core";
+import { Enums, imageLoader, utilities } from "@cornerstonejs/core";
 import { imageIdFor, describeSeries, pixelAt, pixelsOf } from "./loader.js";
 import { lungRegion, drawOutline } from "./lungs.js";
 
 const POLL_MS = 2000;
+const PREFETCH = 4; // slices fetched ahead of (and behind) the one shown
 const POLL_TRIES = 90;
 
 function clamp(v, lo, hi) {
@@ -148,6 +149,20 @@ export class Pane {
     this.role("zoom").textContent = this.viewport.getZoom().toFixed(2) + "×";
   }
 
+  // Fetches the next slices in the scrolling direction (and a few behind) into Cornerstone's
+  // cache, so that the next steps draw without waiting for the network.
+  prefetch() {
+    if (!this.series) return;
+    const i = this.index();
+    const dir = this.direction || 1;
+    const ids = [];
+    for (let d = 1; d <= PREFETCH; d++) ids.push(i + dir * d, i - dir * Math.ceil(d / 2));
+    for (const j of ids) {
+      if (j < 0 || j >= this.count()) continue;
+      imageLoader.loadAndCacheImage(imageIdFor(this.series.slices[j])).catch(() => {});
+    }
+  }
+
   // Slice label, slider, CAM visibility and outline for the current slice.
   refresh() {
     if (!this.series) return;
@@ -264,13 +279,16 @@ export class Pane {
   bind() {
     const E = Enums.Events;
     this.element.addEventListener(E.STACK_NEW_IMAGE, (evt) => {
+      const before = this.index();
       if (evt.detail && Number.isInteger(evt.detail.imageIdIndex)) this.current = evt.detail.imageIdIndex;
       const i = this.index();
+      if (i !== before) this.direction = i > before ? 1 : -1;
       const quiet = this.quietIndex !== null;
       if (i === this.quietIndex) this.quietIndex = null;
       if (i === this.pending) this.pending = null;
       this.refresh();
       if (!quiet && !this.loading) this.app.scrolled(this);
+      this.prefetch();
     });
     this.element.addEventListener(E.VOI_MODIFIED, () => this.showWindow());
     this.element.addEventListener(E.CAMERA_MODIFIED, () => { this.showZoom(); this.place(); });
