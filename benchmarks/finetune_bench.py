@@ -15,6 +15,7 @@ backbone it prints and writes to `--out` (JSON):
 
 `--epochs` applies to the first backbone; the others run `--other-epochs` (default 1), which
 is enough for their cost per epoch. `--threads` sets torch's CPU threads (default 2).
+`--cost-only` skips the embeddings and F1 (fine-tuning times only).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--size", type=int, default=512, help="prepared slice side")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--cost-only",
+        action="store_true",
+        help="time the fine-tuning only (no frozen/tuned embedding of the fold, no F1)",
+    )
     parser.add_argument("--out", type=Path, default=Path("finetune_bench.json"))
     args = parser.parse_args()
 
@@ -108,15 +114,18 @@ def main() -> int:
     for n, name in enumerate(args.backbones):
         epochs = args.epochs if n == 0 else args.other_epochs
         backbone = build_backbone(name, weights="imagenet", device="cpu")
+        embed_s = embed_cpu = f1_frozen = f1_tuned = None
         t, cpu = time.perf_counter(), time.process_time()
-        frozen_train = embed_images(backbone, train_images, input_size=args.input_size)
-        frozen_test = embed_images(backbone, test_images, input_size=args.input_size)
-        embed_s, embed_cpu = time.perf_counter() - t, time.process_time() - cpu
-        f1_frozen = _macro_f1_top1(frozen_train, y[train_idx], frozen_test, y[test_idx])
-        print(
-            f"{name}: frozen embed {embed_s:.1f} s ({embed_cpu:.1f} CPU s), macro F1 {f1_frozen}",
-            flush=True,
-        )
+        if not args.cost_only:
+            frozen_train = embed_images(backbone, train_images, input_size=args.input_size)
+            frozen_test = embed_images(backbone, test_images, input_size=args.input_size)
+            embed_s, embed_cpu = time.perf_counter() - t, time.process_time() - cpu
+            f1_frozen = _macro_f1_top1(frozen_train, y[train_idx], frozen_test, y[test_idx])
+            print(
+                f"{name}: frozen embed {embed_s:.1f} s ({embed_cpu:.1f} CPU s), "
+                f"macro F1 {f1_frozen}",
+                flush=True,
+            )
         config = FinetuneConfig(input_size=args.input_size, blocks=args.blocks, epochs=epochs)
         info = finetune_backbone(
             backbone,
@@ -128,17 +137,18 @@ def main() -> int:
                 f"  {name} epoch {done}/{total}", flush=True
             ),
         )
-        tuned_train = embed_images(backbone, train_images, input_size=args.input_size)
-        tuned_test = embed_images(backbone, test_images, input_size=args.input_size)
-        f1_tuned = _macro_f1_top1(tuned_train, y[train_idx], tuned_test, y[test_idx])
+        if not args.cost_only:
+            tuned_train = embed_images(backbone, train_images, input_size=args.input_size)
+            tuned_test = embed_images(backbone, test_images, input_size=args.input_size)
+            f1_tuned = _macro_f1_top1(tuned_train, y[train_idx], tuned_test, y[test_idx])
         epoch_s = [row["seconds"] for row in info["val_history"][1:]]
         epoch_cpu = [row["cpu_seconds"] for row in info["val_history"][1:]]
         run = {
             "backbone": name,
             "input_size": args.input_size,
             "blocks": args.blocks,
-            "frozen_embed_seconds": round(embed_s, 1),
-            "frozen_embed_cpu_seconds": round(embed_cpu, 1),
+            "frozen_embed_seconds": None if embed_s is None else round(embed_s, 1),
+            "frozen_embed_cpu_seconds": None if embed_cpu is None else round(embed_cpu, 1),
             "f1_frozen": f1_frozen,
             "setup_seconds": info["val_history"][0]["seconds"],
             "epoch_seconds": epoch_s,
