@@ -187,3 +187,31 @@ def test_pages_fit_a_390_px_phone_without_sideways_scrolling(browser, case, name
     ):
         assert box <= client + 0.5
     page.context.close()
+
+
+def test_opening_similar_cases_is_counted_for_the_reading_time(browser, case):
+    from cases.models import ReadingSession
+
+    page = session_page(browser, case, case["expert"])
+    page.goto(f"{case['url']}/studies/{case['study']}/review/")
+    cards = page.locator("[data-testid=result] a.select-result")
+    assert cards.count() >= 2
+    cards.nth(1).click()
+    cards.nth(0).click()
+    cards.nth(1).click()
+
+    def counted():
+        session = ReadingSession.objects.filter(study_id=case["study"]).first()
+        return session is not None and session.results_opened == 2
+
+    deadline = 50  # the posts are asynchronous: up to 5 s
+    while not counted() and deadline:
+        page.wait_for_timeout(100)
+        deadline -= 1
+    session = ReadingSession.objects.get(study_id=case["study"], expert=case["expert"])
+    assert (session.results_opened, sorted(session.opened_ranks)) == (2, [1, 2])
+    with page.expect_navigation():
+        page.click("[data-testid=confirm-suggestion]")
+    session.refresh_from_db()
+    assert session.decided_at is not None and session.reading_seconds > 0
+    page.context.close()
