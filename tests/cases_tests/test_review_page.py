@@ -20,6 +20,7 @@ from django.urls import reverse
 from PIL import Image
 
 from cases.models import AuditEvent, ReferenceCase, Study
+from retrieval.engine.case_similarity import case_score, per_slice_best
 from retrieval.models import (
     ModelVersion,
     ReferenceEmbedding,
@@ -28,7 +29,6 @@ from retrieval.models import (
     StudyJob,
     StudyResult,
 )
-from retrieval.engine.case_similarity import case_score, per_slice_best
 from retrieval.pipeline import index_store
 from tests.factories import (
     ReferenceCaseFactory,
