@@ -210,7 +210,9 @@ def _case_best(*, result: StudyResult, case_ids: set[int]) -> dict[int, np.ndarr
 def hits_explain(*, hits: list, result: StudyResult) -> None:
     """Set `similarity` (one definition, whatever the filter), `matched` and `query_slices`
     on each hit (`ReviewHit`); hits whose case has no stored embeddings keep their ranking
-    score and get no `matched`."""
+    score and get no `matched`. When every hit has its similarity, the list is put in that
+    order and renumbered (the page shows best first by the number it shows; the index's own
+    order can differ slightly, since its score counts only the slice hits it retrieved)."""
     stored_cases = set(result.cases.values_list("reference_case_id", flat=True))
     shown = {h.reference_case.pk for h in hits}
     best = _case_best(result=result, case_ids=stored_cases | shown)
@@ -223,3 +225,7 @@ def hits_explain(*, hits: list, result: StudyResult) -> None:
         hit.similarity = round(case_score(mine), 4)
         hit.matched = matched_slices(mine, others)
         hit.query_slices = int(mine.size)
+    if hits and all(h.similarity is not None for h in hits):
+        hits.sort(key=lambda h: (-h.similarity, h.rank))
+        for rank, hit in enumerate(hits, start=1):
+            hit.rank = rank

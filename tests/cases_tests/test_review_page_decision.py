@@ -262,3 +262,12 @@ def test_an_expert_opening_the_review_starts_one_reading_and_a_reload_continues_
     client.force_login(clinician)
     _html(client, query_study)
     assert not ReadingSession.objects.filter(expert=clinician).exists()
+
+
+def test_cases_are_listed_best_first_by_the_similarity_shown(client, clinician, query_study):
+    client.force_login(clinician)
+    for params in ({}, {"k": 8}, {"diagnosis": "normal", "k": 4}):
+        hits = review(client, query_study, **params).context["hits"]
+        scores = [h.shown_score for h in hits]
+        assert scores == sorted(scores, reverse=True), params
+        assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
