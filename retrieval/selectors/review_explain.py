@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.core.cache import cache
+from django.db.models import Count, Max, Sum
 
 from retrieval.engine.case_similarity import case_score, matched_slices, per_slice_best
 from retrieval.models import ModelVersion, ReferenceEmbedding, SliceFeatures, StudyResult
@@ -111,9 +112,12 @@ class ZRow:
 
 
 def _stats_key(model_version: ModelVersion) -> str:
-    from retrieval.selectors.review import library_checksum
-
-    n, mx, total = library_checksum(model_version=model_version)
+    # The library's state as `review.library_checksum` reads it (count, max id, id sum of the
+    # version's embeddings); read here so that the two modules do not import each other.
+    agg = ReferenceEmbedding.objects.filter(model_version=model_version).aggregate(
+        n=Count("id"), mx=Max("id"), s=Sum("id")
+    )
+    n, mx, total = agg["n"] or 0, agg["mx"] or 0, int(agg["s"] or 0)
     born = model_version.created_at.timestamp() if model_version.created_at else 0
     return f"ildreview:radiomics-stats:{model_version.pk}:{born}:{n}:{mx}:{total}"
 
