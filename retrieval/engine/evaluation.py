@@ -180,6 +180,10 @@ class EvalConfig:
     cache_dir: str | None = None
     device: str | None = None
     strict: bool = False  # True: an unreadable image fails the run instead of being skipped
+    mode: str = "head"  # "head": frozen backbone | "finetune": last blocks tuned per fold
+    finetune_input_size: int = 224
+    finetune_blocks: int = 2
+    finetune_epochs: int = 8
     extras: dict = field(default_factory=dict)
 
 
@@ -301,7 +305,7 @@ def _row(name: str, fold, *, config: EvalConfig):
 
 
 def _variants(config: EvalConfig) -> list[str]:
-    names = list(BASE_VARIANTS)
+    names = list(BASE_VARIANTS) + (["finetuned"] if config.mode == "finetune" else [])
     for extra in config.extra_variants:
         if extra not in names:
             names.append(extra)
@@ -344,6 +348,7 @@ def evaluate(
     multi_slice = len(set(items.patients)) < len(items)
 
     names = _variants(config)
+    tune = _finetune_setup(items, config, progress=progress) if config.mode == "finetune" else None
     row_names = [n for n in names if n != "hierarchical"]
     pooled_names = list(names) + ([f"{HEADLINE}_exact"] if config.index != "exact" else [])
     pooled: dict[str, dict[str, list]] = {
@@ -400,10 +405,15 @@ def evaluate(
             "n_test": int(len(test_idx)),
             "test_patients": sorted(set(patients[test_idx].tolist())),
         }
+        fold_ft = fold
+        if tune is not None:
+            fold_ft, info_f["finetune"] = _finetuned_fold(
+                fold, tune, labels, patients, train_idx, test_idx, config=config
+            )
         headline_row = None
         for name in row_names:
             t_row = time.perf_counter()
-            row = _row(name, fold, config=config)
+            row = _row(name, fold_ft if name in (HEADLINE, "finetuned") else fold, config=config)
             ids, scores = _search(
                 row.emb_tr, row.emb_te, backend=config.index, k=SEARCH_K, seed=config.seed
             )
@@ -526,6 +536,50 @@ def evaluate(
         }
     )
     return report, projection
+
+
+def _finetune_setup(items: ManifestItems, config: EvalConfig, *, progress=None) -> dict:
+    """Prepared slices (cached) and the frozen backbone for `--mode finetune`."""
+    import tempfile
+
+    from retrieval.engine.backbones import build_backbone
+    from retrieval.engine.finetune import FinetuneConfig
+    from retrieval.engine.finetune_eval import PreparedCache
+
+    root = Path(config.cache_dir) if config.cache_dir else Path(tempfile.mkdtemp())
+    images = PreparedCache(root / "prepared").images(
+        items.paths, size=config.size, input_size=config.finetune_input_size, progress=progress
+    )
+    backbone = build_backbone(
+        config.backbone,
+        weights=config.weights,
+        imagenet_file=config.imagenet_file,
+        device=config.device,
+    )
+    ft = FinetuneConfig(
+        input_size=config.finetune_input_size,
+        blocks=config.finetune_blocks,
+        epochs=config.finetune_epochs,
+        seed=config.seed,
+    )
+    return {"images": images, "backbone": backbone, "config": ft}
+
+
+def _finetuned_fold(fold, tune: dict, labels, patients, train_idx, test_idx, *, config):
+    from dataclasses import replace
+
+    from retrieval.engine.finetune_eval import tuned_features
+
+    d_tr, d_te, info = tuned_features(
+        tune["backbone"],
+        tune["images"],
+        labels,
+        patients,
+        train_idx,
+        test_idx,
+        config=tune["config"],
+    )
+    return replace(fold, deep_tr=d_tr, deep_te=d_te), info
 
 
 def _machine() -> dict:

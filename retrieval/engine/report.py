@@ -30,7 +30,27 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("silhouette", "silhouette"),
     ("intra_class_distance", "intra-class d"),
     ("inter_class_distance", "inter-class d"),
+    ("case_macro_f1", "case F1"),
+    ("case_map_at_10", "case mAP@10"),
+    ("coverage", "coverage"),
+    ("accuracy_at_coverage", "acc@coverage"),
 )
+
+
+def chosen_per_fold_markdown(report: dict) -> str:
+    """One line per fold: the headline's chosen candidate, k and inner-validation scores."""
+    lines = []
+    for fold in report.get("folds", []):
+        c = fold.get("chosen") or {}
+        if not c:
+            continue
+        lines.append(
+            f"- fold {fold['fold']}: {c.get('candidate')} k {c.get('k')} (inner macro F1 "
+            f"{c.get('inner_macro_f1', float('nan')):.3f}; frozen "
+            f"{c.get('inner_macro_f1_frozen', float('nan')):.3f}; best "
+            f"{c.get('inner_macro_f1_best', float('nan')):.3f})"
+        )
+    return "\n".join(lines)
 
 
 def _cell(row: dict, key: str) -> str:
@@ -66,7 +86,7 @@ def confusion_matrix_png(matrix: list[list[int]], labels: list[str], *, title: s
     im = ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("top-1 retrieved label")
+    ax.set_xlabel("decided label")
     ax.set_ylabel("true label")
     ax.set_title(title)
     threshold = m.max() / 2 if m.size else 0
@@ -147,11 +167,11 @@ def write_report(
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(report, indent=2, sort_keys=False, default=float))
 
-    headline = report.get("headline", "fused_contrastive")
+    headline = report.get("headline", "adaptive")
     cm_png = confusion_matrix_png(
         report.get("confusion_matrix", []),
         report.get("labels", []),
-        title=f"{headline}: top-1 retrieved label",
+        title=f"{headline}: decision",
     )
     (out_dir / "confusion_matrix.png").write_bytes(cm_png)
     proj_html = ""
@@ -184,7 +204,9 @@ img {{ max-width: 100%; }}
 accuracy {report.get("accuracy", 0):.3f}, mAP@10 {report.get("map_at_10", 0):.3f}.</p>
 <h2>Ablation (same folds, same run)</h2>
 {_table_html(report)}
-<h2>Per class (top-1 retrieved label, {html.escape(headline)})</h2>
+<h2>Headline choice per fold (inner validation)</h2>
+<pre>{html.escape(chosen_per_fold_markdown(report))}</pre>
+<h2>Per class ({html.escape(headline)})</h2>
 {_per_class_html(report)}
 <h2>Confusion matrix</h2>
 {_img(cm_png, "confusion matrix")}

@@ -65,7 +65,7 @@ class SelectionConfig:
 
     inner_folds: int = 3
     transforms: tuple[str, ...] = ("raw", "whiten")
-    alphas: tuple[float, ...] = (1.0, 0.8, 0.6, 0.4)
+    alphas: tuple[float, ...] = (1.0, 0.8, 0.6, 0.4, 0.2)
     # up to 3: radiomics then weigh 9x the frozen part, so a dataset where radiomics alone wins
     # is not held below the radiomics-only row
     w_rads: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0, 3.0)
@@ -194,6 +194,57 @@ def knn_decisions(
     )
 
 
+def _part_similarities(cands, *, deep, rad, tr, va, head, config) -> dict:
+    """Cosine similarities (val x train) of each unit-norm part of the candidates: the
+    frozen part per transform, the learned part, the radiomics part. A candidate's cosine is
+    their weighted mean (`_combined`), so the parts are embedded once per inner fold."""
+    out = {}
+    for t in sorted({c.transform for c in cands}):
+        model = build_embedding(Candidate(t, 1.0, 0.0), deep=deep[tr], rad=rad[tr], config=config)
+        e_tr = head_embed(model, "adaptive", deep[tr], rad[tr])
+        e_va = head_embed(model, "adaptive", deep[va], rad[va])
+        out[t] = e_va @ e_tr.T
+    if head is not None:
+        e_tr = head_embed(head, "deep", deep[tr], rad[tr])
+        e_va = head_embed(head, "deep", deep[va], rad[va])
+        out["head"] = e_va @ e_tr.T
+    r_tr, r_va = metrics.l2_normalise(rad[tr]), metrics.l2_normalise(rad[va])
+    out["rad"] = r_va @ r_tr.T
+    return out
+
+
+def _combined(parts: dict, c: Candidate) -> np.ndarray:
+    """Cosine of the candidate's L2-normalised concatenation from the parts' cosines."""
+    a = c.alpha if "head" in parts else 1.0
+    total = parts[c.transform] * a * a
+    norm = a * a
+    if a < 1.0:
+        total = total + parts["head"] * (1.0 - a) ** 2
+        norm += (1.0 - a) ** 2
+    if c.w_rad > 0:
+        total = total + parts["rad"] * c.w_rad**2
+        norm += c.w_rad**2
+    return total / norm
+
+
+def _vote(sims: np.ndarray, train_labels: np.ndarray, *, k: int, classes: list[str]) -> dict:
+    k = min(k, sims.shape[1])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else None
+    if top is None:
+        top = np.argsort(-sims, axis=1, kind="stable")
+    else:  # order the k best
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+    train_labels = np.asarray(train_labels).astype(str)
+    return metrics.balanced_knn_vote(
+        train_labels[top],
+        np.take_along_axis(sims, top, axis=1),
+        k=k,
+        classes=classes,
+        priors=metrics.class_priors(train_labels, classes),
+    )
+
+
 def select_embedding(
     *,
     deep: np.ndarray,
@@ -234,12 +285,13 @@ def select_embedding(
                 val=(deep[va], rad[va], y[va]),
             )
             best_epochs.append(int(info.get("best_epoch") or info["epochs_run"]))
+        parts = _part_similarities(
+            cands, deep=deep, rad=rad, tr=tr, va=va, head=head, config=config
+        )
         for c in cands:
-            model = build_embedding(c, deep=deep[tr], rad=rad[tr], head=head, config=config)
-            e_tr = head_embed(model, "adaptive", deep[tr], rad[tr])
-            e_va = head_embed(model, "adaptive", deep[va], rad[va])
+            sims = _combined(parts, c)
             for k in config.ks:
-                d = knn_decisions(e_tr, labels_s[tr], e_va, k=k, classes=classes)
+                d = _vote(sims, labels_s[tr], k=k, classes=classes)
                 pooled[(c, k)][va] = d["predicted"]
                 top_sim[(c, k)][va] = d["top_similarity"]
                 margin[(c, k)][va] = d["margin"]

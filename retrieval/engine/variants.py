@@ -166,9 +166,9 @@ def baseline_row(name: str, fold: Fold, *, seed: int) -> Row:
     """Rows without training of a head."""
     if name == "radiomics_only":
         return Row(metrics.l2_normalise(fold.rad_tr), metrics.l2_normalise(fold.rad_te))
-    if name in ("deep_only", "deep_only_knn"):
+    if name in ("deep_only", "deep_only_knn", "finetuned"):  # finetuned: the tuned fold
         tr, te = metrics.l2_normalise(fold.deep_tr), metrics.l2_normalise(fold.deep_te)
-        if name == "deep_only":
+        if name in ("deep_only", "finetuned"):
             return Row(tr, te)
         from retrieval.engine.selection import knn_decisions
 

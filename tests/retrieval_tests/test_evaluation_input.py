@@ -139,3 +139,22 @@ def test_evaluate_command_with_strict_fails_clearly_on_an_unreadable_row(tmp_pat
             verbosity=0,
         )  # fmt: skip
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+@pytest.mark.slow
+def test_finetune_mode_adds_the_tuned_row_and_records_each_folds_tuning(tmp_path):
+    manifest = write_manifest(
+        tmp_path, classes=("normal", "reticular"), patients_per_class=6, size=48
+    )
+    config = EvalConfig(
+        weights="random", size=48, epochs=1, embed_dim=8, reduce_deep=4, extra_variants=(),
+        cache_dir=str(tmp_path / "cache"), mode="finetune", finetune_input_size=32,
+        finetune_epochs=1,
+    )  # fmt: skip
+    report, _ = evaluate(items=read_manifest(manifest), folds=2, config=config)
+    assert "finetuned" in report["ablation"] and "deep_only" in report["ablation"]
+    for fold in report["folds"]:
+        assert fold["finetune"]["epochs_run"] == 1
+        assert fold["finetune"]["best_epoch"] in (0, 1)
+    # prepared slices were cached once per image for the next run
+    assert len(list((tmp_path / "cache" / "prepared").rglob("*.npy"))) == 24

@@ -163,3 +163,30 @@ def test_case_metrics_pool_a_patients_slices():
     )
     assert out["n_cases"] == 1
     assert out["case_accuracy"] == 1.0
+
+
+def test_candidate_similarity_from_parts_equals_the_built_embeddings_cosine():
+    from retrieval.engine.selection import (
+        Candidate,
+        _combined,
+        _part_similarities,
+        build_embedding,
+    )
+    from retrieval.engine.training import train_head
+
+    deep, rad, labels, _ = _patients_data(deep_signal=1.0, rad_signal=1.0)
+    y = np.unique(labels, return_inverse=True)[1]
+    tr, va = np.arange(0, 72, 2), np.arange(1, 72, 2)
+    head, _ = train_head(
+        deep=deep[tr], rad=rad[tr], labels=y[tr],
+        config=TrainConfig(fusion="deep", loss="supcon", epochs=1, embed_dim=8, device="cpu"),
+    )  # fmt: skip
+    config = SelectionConfig(whiten_dim=16)
+    cand = Candidate("whiten", 0.6, 0.3)
+    parts = _part_similarities([cand], deep=deep, rad=rad, tr=tr, va=va, head=head, config=config)
+    model = build_embedding(cand, deep=deep[tr], rad=rad[tr], head=head, config=config)
+    expected = (
+        head_embed(model, "adaptive", deep[va], rad[va])
+        @ head_embed(model, "adaptive", deep[tr], rad[tr]).T
+    )
+    np.testing.assert_allclose(_combined(parts, cand), expected, atol=1e-5)
