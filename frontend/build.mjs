@@ -51,7 +51,7 @@ const result = await build({
   entryPoints: [join(here, "src", "main.js")],
   bundle: true,
   format: "iife",
-  minify: true,
+  minify: process.env.VIEWER_DEBUG !== "1", // VIEWER_DEBUG=1: readable stack traces, not for commit
   target: ["es2020"],
   outfile: join(out, "viewer.js"),
   legalComments: "eof",

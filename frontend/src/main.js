@@ -3,7 +3,14 @@
 // second one beside it, opened at the matched slice pair with scrolling linked by position
 // within the lungs. Config: #review-viewer-config (retrieval/selectors/viewer.py).
 // Built by `npm ci && npm run build` in frontend/ into static/viewer/viewer.js.
-import { init as csInit, RenderingEngine, Enums } from "@cornerstonejs/core";
+import {
+  init as csInit,
+  RenderingEngine,
+  Enums,
+  getRenderingCapabilities,
+  getShouldUseCPURendering,
+  setUseCPURendering,
+} from "@cornerstonejs/core";
 import {
   init as toolsInit,
   addTool,
@@ -255,8 +262,14 @@ class Viewer {
 
   // For tests and the benchmark: the state each viewport shows.
   state() {
-    const one = (p) => p.series && !p.root.hidden ? { index: p.index(), window: p.windowWL(), zoom: p.viewport.getZoom() } : null;
-    return { query: one(this.query), reference: one(this.reference), linked: this.linked, compared: this.compared && this.compared.rank };
+    const one = (p) => p.series && !p.root.hidden ? { index: p.index(), window: p.windowWL(), zoom: p.zoom() } : null;
+    return {
+      query: one(this.query),
+      reference: one(this.reference),
+      linked: this.linked,
+      compared: this.compared && this.compared.rank,
+      renderer: getShouldUseCPURendering() ? "cpu" : "webgl",
+    };
   }
 }
 
@@ -267,6 +280,9 @@ async function boot() {
   const config = JSON.parse(configEl.textContent);
   if (!config) return;
   csInit();
+  // A software WebGL rasterizer (SwiftShader, llvmpipe: no GPU) draws 2-D slices slower than
+  // Cornerstone's own canvas path.
+  if (getRenderingCapabilities().softwareRasterizer) setUseCPURendering(true);
   toolsInit();
   registerLoader(config.pixelsUrl);
   const viewer = new Viewer(root, config);

@@ -144,9 +144,46 @@ export class Pane {
     });
   }
 
+  // Zoom relative to "whole image fits the viewport" (1.00), from where the image's corners
+  // are drawn: the same figure with WebGL and with the CPU renderer (whose own zoom value is
+  // an absolute scale).
+  zoom() {
+    const box = this.imageBox();
+    if (!box) return 1;
+    const rect = this.element.getBoundingClientRect();
+    const fit = Math.min(rect.width / box.worldWidth, rect.height / box.worldHeight);
+    return fit > 0 ? box.width / (box.worldWidth * fit) : 1;
+  }
+
   showZoom() {
     if (!this.viewport) return;
-    this.role("zoom").textContent = this.viewport.getZoom().toFixed(2) + "×";
+    this.role("zoom").textContent = this.zoom().toFixed(2) + "×";
+  }
+
+  // The image's rectangle in canvas (CSS pixel) coordinates, and its size in millimetres.
+  imageBox() {
+    const vp = this.viewport;
+    const imageId = this.imageId();
+    const p = imageId && pixelsOf(imageId);
+    if (!vp || !p) return null;
+    let a;
+    let b;
+    try {
+      a = vp.worldToCanvas(utilities.imageToWorldCoords(imageId, [0, 0]));
+      b = vp.worldToCanvas(utilities.imageToWorldCoords(imageId, [p.cols, p.rows]));
+    } catch {
+      return null; // not drawn yet
+    }
+    if (!a || !b || !a.every(Number.isFinite) || !b.every(Number.isFinite)) return null;
+    const [rowSpacing, colSpacing] = this.series.spacing || [1, 1];
+    return {
+      left: Math.min(a[0], b[0]),
+      top: Math.min(a[1], b[1]),
+      width: Math.abs(b[0] - a[0]),
+      height: Math.abs(b[1] - a[1]),
+      worldWidth: p.cols * (colSpacing || 1),
+      worldHeight: p.rows * (rowSpacing || 1),
+    };
   }
 
   // Fetches the next slices in the scrolling direction (and a few behind) into Cornerstone's
@@ -171,10 +208,10 @@ export class Pane {
     this.slider.value = String(i);
     this.element.setAttribute("aria-label", this.role("title").textContent + ": slice " + (i + 1) + " of " + this.count());
     this.showWindow();
-    this.showZoom();
     this.updateCam();
     this.updateOutline();
-    this.place();
+    // Zoom readout and overlay placement follow on IMAGE_RENDERED: Cornerstone announces the
+    // new image before its CPU renderer has the image's geometry.
   }
 
   // Shows `cam` ({ url, sliceId, ready }) on its slice; polls while the worker computes it.
@@ -245,21 +282,13 @@ export class Pane {
 
   // Puts the overlays on the image's corners in canvas (CSS pixel) coordinates.
   place() {
-    const vp = this.viewport;
-    const imageId = this.imageId();
-    const p = imageId && pixelsOf(imageId);
-    if (!vp || !p) return;
-    const a = vp.worldToCanvas(utilities.imageToWorldCoords(imageId, [0, 0]));
-    const b = vp.worldToCanvas(utilities.imageToWorldCoords(imageId, [p.cols, p.rows]));
-    const left = Math.min(a[0], b[0]);
-    const top = Math.min(a[1], b[1]);
-    const width = Math.abs(b[0] - a[0]);
-    const height = Math.abs(b[1] - a[1]);
+    const box = this.imageBox();
+    if (!box) return;
     for (const el of [this.camImg, this.outline]) {
-      el.style.left = left + "px";
-      el.style.top = top + "px";
-      el.style.width = width + "px";
-      el.style.height = height + "px";
+      el.style.left = box.left + "px";
+      el.style.top = box.top + "px";
+      el.style.width = box.width + "px";
+      el.style.height = box.height + "px";
     }
   }
 
@@ -268,8 +297,13 @@ export class Pane {
     const imageId = this.imageId();
     if (!vp || !imageId) return;
     const rect = this.element.getBoundingClientRect();
-    const world = vp.canvasToWorld([evt.clientX - rect.left, evt.clientY - rect.top]);
-    const ij = utilities.worldToImageCoords(imageId, world);
+    let ij;
+    try {
+      const world = vp.canvasToWorld([evt.clientX - rect.left, evt.clientY - rect.top]);
+      ij = utilities.worldToImageCoords(imageId, world);
+    } catch {
+      return; // not drawn yet
+    }
     const col = Math.floor(ij[0]);
     const row = Math.floor(ij[1]);
     const px = pixelAt(imageId, col, row);
@@ -292,7 +326,7 @@ export class Pane {
     });
     this.element.addEventListener(E.VOI_MODIFIED, () => this.showWindow());
     this.element.addEventListener(E.CAMERA_MODIFIED, () => { this.showZoom(); this.place(); });
-    this.element.addEventListener(E.IMAGE_RENDERED, () => this.place());
+    this.element.addEventListener(E.IMAGE_RENDERED, () => { this.showZoom(); this.place(); });
     this.element.addEventListener("pointermove", (e) => this.probe(e));
     this.element.addEventListener("pointerleave", () => { this.role("probe").textContent = "HU –"; });
     this.element.addEventListener("pointerdown", () => this.app.activate(this));

@@ -50,7 +50,7 @@ def open_review(browser, live_server, viewer_case, *, width=1400, height=1000):
             else None
         ),
     )
-    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("pageerror", lambda e: problems.append(f"{e}\n{e.stack}"))
     page.goto(f"{live_server.url}/studies/{viewer_case['study']}/review/")
     page.wait_for_selector("#review-viewer[data-ready='1'], #review-viewer[data-error]")
     error = page.get_attribute("#review-viewer", "data-error")
