@@ -30,6 +30,7 @@ export class Pane {
     this.camStatus = this.role("cam-status");
     this.outline = this.role("outline");
     this.series = null;
+    this.wl = null; // [width, level] the reader chose
     this.current = null;
     this.cam = null; // { url, sliceId, ready, token }
     this.outlineFor = null;
@@ -103,15 +104,28 @@ export class Pane {
     const w = Math.max(1, Number(width));
     const l = Number(level);
     if (!Number.isFinite(w) || !Number.isFinite(l)) return;
+    this.wl = [w, l];
     this.viewport.setProperties({ voiRange: { lower: l - w / 2, upper: l + w / 2 } });
     this.viewport.render();
     this.showWindow();
   }
 
+  // The window the reader chose, from the viewport (a W/L drag changes it there).
   windowWL() {
     const r = this.viewport && this.viewport.getProperties().voiRange;
-    if (!r) return null;
+    if (!r) return this.wl ? [Math.round(this.wl[0]), Math.round(this.wl[1])] : null;
     return [Math.round(r.upper - r.lower), Math.round((r.upper + r.lower) / 2)];
+  }
+
+  // Cornerstone's CPU renderer keeps drawing with the reader's window on a new slice but
+  // reports (and lets the W/L tool start from) the slice's default: put the chosen one back.
+  keepWindow() {
+    if (!this.wl) return;
+    const [w, l] = this.wl;
+    const r = this.viewport.getProperties().voiRange;
+    if (r && Math.abs(r.upper - r.lower - w) < 0.5 && Math.abs((r.upper + r.lower) / 2 - l) < 0.5) return;
+    this.viewport.setProperties({ voiRange: { lower: l - w / 2, upper: l + w / 2 } }, true);
+    this.showWindow();
   }
 
   preset(name) {
@@ -324,9 +338,13 @@ export class Pane {
       if (!quiet && !this.loading) this.app.scrolled(this);
       this.prefetch();
     });
-    this.element.addEventListener(E.VOI_MODIFIED, () => this.showWindow());
+    this.element.addEventListener(E.VOI_MODIFIED, () => {
+      const r = this.viewport.getProperties().voiRange;
+      if (r) this.wl = [r.upper - r.lower, (r.upper + r.lower) / 2];
+      this.showWindow();
+    });
     this.element.addEventListener(E.CAMERA_MODIFIED, () => { this.showZoom(); this.place(); });
-    this.element.addEventListener(E.IMAGE_RENDERED, () => { this.showZoom(); this.place(); });
+    this.element.addEventListener(E.IMAGE_RENDERED, () => { this.keepWindow(); this.showZoom(); this.place(); });
     this.element.addEventListener("pointermove", (e) => this.probe(e));
     this.element.addEventListener("pointerleave", () => { this.role("probe").textContent = "HU –"; });
     this.element.addEventListener("pointerdown", () => this.app.activate(this));

@@ -185,6 +185,11 @@ def test_window_level_drag_changes_the_displayed_window_and_typed_values_and_pre
     assert (width, level) != (1500, -600)
     assert readout.inner_text() == f"W {width} L {level}"
     assert page.input_value("[data-testid=query-ww]") == str(width)
+    # The chosen window stays on the next slice (and a new drag starts from it).
+    page.keyboard.press("ArrowDown")
+    wait_index(page, "query", viewer_case["query_match"] + 1)
+    assert state(page)["query"]["window"] == [width, level]
+    assert readout.inner_text() == f"W {width} L {level}"
 
     page.fill("[data-testid=query-ww]", "400")
     page.fill("[data-testid=query-wc]", "40")
@@ -319,3 +324,34 @@ def test_phone_width_stacks_the_viewports_without_horizontal_overflow(
     assert wide == []
     shot(page, "viewer-phone-390.png")
     assert page.problems == []
+
+
+def test_on_a_touch_screen_a_swipe_scrolls_the_stack(browser, live_server, viewer_case):
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
+    )
+    context.add_cookies(
+        [{"name": "sessionid", "value": viewer_case["session"], "url": live_server.url}]
+    )
+    page = context.new_page()
+    page.goto(f"{live_server.url}/studies/{viewer_case['study']}/review/")
+    page.wait_for_selector("#review-viewer[data-ready='1']")
+    # A coarse pointer starts in Scroll mode: one finger scrolls, it does not change the window.
+    assert page.get_attribute("[data-mode=scroll]", "aria-pressed") == "true"
+    before = state(page)["query"]["window"]
+    page.locator("[data-testid=query-element]").scroll_into_view_if_needed()
+    box = page.locator("[data-testid=query-element]").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.3
+    cdp = context.new_cdp_session(page)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+    for k in range(1, 13):
+        cdp.send(
+            "Input.dispatchTouchEvent",
+            {"type": "touchMove", "touchPoints": [{"x": x, "y": y + 15 * k}]},
+        )
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    page.wait_for_function(
+        f"() => window.ildViewer.state().query.index !== {viewer_case['query_match']}"
+    )
+    assert state(page)["query"]["window"] == before, before
+    context.close()
