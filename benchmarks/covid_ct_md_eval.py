@@ -108,6 +108,11 @@ class Fold:
     slice_top1: dict = field(default_factory=dict)  # row -> list of top-1 labels per query
     infection: dict = field(default_factory=dict)  # row -> (query labels, retrieved (Q, k))
     training: dict = field(default_factory=dict)
+    # What a random ranking would see: library patients' labels, each query slice's share of
+    # same-class library slices, and (infection query label, reference infection labels).
+    library_labels: list = field(default_factory=list)
+    same_share: list = field(default_factory=list)
+    infection_refs: list = field(default_factory=list)
 
 
 def slices_read(data: Path, patients: list[str] | None, per_patient: int | None) -> list[SliceRow]:
@@ -336,12 +341,17 @@ def fold_run(held: str, rows: list[SliceRow], row_names, args, frozen_sha: str) 
             fold.training[name] = info
             if net is not None:
                 models[name] = (net, info)
+    fold.library_labels = [next(r.label for r in library if r.patient == p) for p in patients]
+    fold.same_share = [float(np.mean([r.label == fold.label for r in library]))] * len(query)
     infected_q = [i for i, r in enumerate(query) if r.infection is not None]
     infected_ref = [
         i
         for i, r in enumerate(library)
         if r.patient in INFECTION_PATIENTS and r.infection is not None
     ]
+    if held in INFECTION_PATIENTS and infected_q and infected_ref:
+        refs = [library[i].infection for i in infected_ref]
+        fold.infection_refs = [(query[i].infection, refs) for i in infected_q]
     for name in row_names:
         if name in TRAINED and name not in models:
             continue
@@ -428,6 +438,51 @@ def summarise(folds: list[Fold], rows: list[SliceRow], row_names) -> dict:
             }
         out[name] = row
     return out
+
+
+def chance(folds: list[Fold], draws: int = 2000, seed: int = 0) -> dict:
+    """Expected figures of a random ranking on the same folds (exact where simple, else the
+    mean over `draws` random orders): the level a row must beat to have found anything."""
+    from retrieval.engine.metrics import average_precision_at_k
+
+    rng = np.random.default_rng(seed)
+    done = [f for f in folds if f.library_labels]
+    top1, aps = [], []
+    for f in done:
+        rel = np.array([lab == f.label for lab in f.library_labels])
+        top1.append(rel.mean())
+        orders = np.array([rng.permutation(rel) for _ in range(draws)])
+        hits = np.cumsum(orders, axis=1) * orders / np.arange(1, len(rel) + 1)
+        aps.append(float(hits.sum(axis=1).mean() / max(rel.sum(), 1)))
+    row = {
+        "folds": len(done),
+        "case_top1": float(np.mean(top1)),
+        "case_map": float(np.mean(aps)),
+        "case_vote": None,
+        "slice_top1": float(np.mean([v for f in done for v in f.same_share])),
+        "query_slices": sum(len(f.same_share) for f in done),
+    }
+    pairs = [pair for f in done for pair in f.infection_refs]
+    if pairs:
+        y = np.array([q for q, _ in pairs])
+        p = np.array([np.mean(np.array(refs) == 1) for _, refs in pairs])
+        precision = float((p * (y == 1)).sum() / max(p.sum(), 1e-12))
+        recall = float(p[y == 1].mean()) if (y == 1).any() else 0.0
+        ap = []
+        for q, refs in pairs:
+            k = min(MAP_K, len(refs))
+            draws_q = np.array([rng.permutation(refs)[:k] for _ in range(50)]) == q
+            ap.append(float(average_precision_at_k(draws_q).mean()))
+        row["infection"] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "accuracy": float(np.mean(np.where(y == 1, p, 1 - p))),
+            f"map@{MAP_K}": float(np.mean(ap)),
+            "query_slices": int(len(y)),
+            "infected_queries": int((y == 1).sum()),
+        }
+    return row
 
 
 def _machine(device: str, threads: int) -> dict:
@@ -519,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         folds.append(fold_run(held, rows, row_names, args, backbone.weights_sha256))
     work.cleanup()
     summary = summarise(folds, rows, row_names)
+    summary["chance"] = chance(folds)
     wall = time.perf_counter() - started
     usable = defaultdict(lambda: [0, 0])
     for r in rows:

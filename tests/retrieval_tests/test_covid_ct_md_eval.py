@@ -60,7 +60,10 @@ def test_covid_ct_md_evaluation_on_four_patients_reports_every_row_with_fraction
     assert code == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert set(report["rows"]) == {"radiomics_only", "deep_only", "headline"}
+    assert set(report["rows"]) == {"radiomics_only", "deep_only", "headline", "chance"}
+    # Chance level: P001 and P002 each have one same-class patient among three, the others none.
+    assert report["rows"]["chance"]["case_top1"] == pytest.approx((1 / 3 + 1 / 3) / 4)
+    report["rows"]["chance"]["case_vote"] = 0.0  # no vote without a ranking
     for name, row in report["rows"].items():
         assert name in printed
         assert "skipped" not in row, row
