@@ -80,3 +80,26 @@ def test_a_result_whose_case_the_user_may_not_see_is_not_offered_for_comparison(
     assert [r["rank"] for r in cfg["results"]] == [1]
     expert = UserFactory(username="cfgexp2", role="Expert")
     assert [r["rank"] for r in _config(client, expert, case["study"])["results"]] == [1, 2]
+
+
+def test_the_cam_legend_shows_the_colours_the_engine_draws():
+    """static/viewer/viewer.css's colour bar is the engine's colour map from its threshold up."""
+    import re
+    from pathlib import Path
+
+    from matplotlib import colormaps
+    from matplotlib.colors import to_rgb
+
+    from retrieval.engine.cam import CAM_COLORMAP, CAM_THRESHOLD
+
+    css = (Path(__file__).resolve().parents[2] / "static" / "viewer" / "viewer.css").read_text()
+    scale = re.search(r"--cam-scale:linear-gradient\(90deg, ([^)]*)\)", css).group(1)
+    stops = [part.split() for part in scale.split(", ")]
+    cmap = colormaps[CAM_COLORMAP]
+    for colour, percent in stops:
+        heat = CAM_THRESHOLD + (1 - CAM_THRESHOLD) * float(percent.rstrip("%")) / 100
+        # Stops are whole percents: allow the colour of a heat up to 0.005 away.
+        drawn = [round(255 * c) for c in cmap(heat)[:3]]
+        shown = [round(255 * c) for c in to_rgb(colour)]
+        assert max(abs(a - b) for a, b in zip(drawn, shown, strict=True)) <= 4, (colour, percent)
+    assert len(stops) >= 5
