@@ -48,6 +48,9 @@ EXTRA_VARIANTS: tuple[str, ...] = (
     "pca_whiten",
     "linear_probe",
     "deep_contrastive_v0",
+    "deep_contrastive_b64",
+    "deep_contrastive_hn",
+    "deep_contrastive_hn_aug",
     "deep_supcon",
     "gated_fusion",
     "hierarchical",
@@ -166,7 +169,7 @@ class EvalConfig:
     imagenet_file: str | None = None  # local copy of downloaded ImageNet weights (build_backbone)
     size: int = 512
     input_size: int | None = None  # backbone input side (None: the slice size)
-    epochs: int = 10  # the v0 (as first shipped) rows; the fixed rows stop early (<= 40)
+    epochs: int = 10  # trained rows; the early-stopped ones run up to twice that
     embed_dim: int = 128
     margin: float = 0.7
     # ILD-FFN: linear reduction of the deep vector before the outer product only (None = the

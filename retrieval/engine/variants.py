@@ -12,11 +12,12 @@ Rows (see docs/evaluation.md for what each one measures):
 - `pca_whiten`: centring + PCA whitening of the frozen vector (shrinkage 0.1, 256 axes);
 - `linear_probe`: logistic regression on the frozen vector; its class probabilities are the
   decision and the embedding;
-- trained heads: `deep_contrastive_v0` (the paper's recipe as first shipped: batch 8, one
-  random negative per class, margin 0.7, fixed epochs, no validation), `deep_contrastive`
-  (+ hardest in-batch negatives, batch 64, early stopping on a patient-level validation
-  split, feature noise/dropout), `deep_supcon` (SupCon with the same fixes),
-  `fused_contrastive` / `fused_supcon` (ILD-FFN, the same fixes);
+- trained heads, one change at a time from the recipe as first shipped (`RECIPES`):
+  `deep_contrastive_v0` (batch 8 anchors + partners, one random negative per other class,
+  margin 0.7, lr 1e-4, 10 epochs, no validation), `_b64` (batch 64), `_hn` (hardest in-batch
+  negatives), `_hn_aug` (+ feature noise/dropout), `deep_contrastive` (+ early stopping on a
+  patient-level validation split, up to 2 x --epochs), `deep_supcon` (SupCon, same fixes);
+  `fused_contrastive` (ILD-FFN, all fixes), `fused_contrastive_v0`, `fused_supcon` on request;
 - `gated_fusion`: frozen vector + w x radiomics, w chosen on inner validation (0 = off);
 - `adaptive` (the headline): `selection.select_embedding`, with abstention.
 """
@@ -29,21 +30,33 @@ import numpy as np
 
 from retrieval.engine import metrics
 
-V0_TRAINING = {"batch_size": 8, "epochs": 10, "lr": 1e-4, "weight_decay": 1e-6}
-FIXED_TRAINING = {
-    "batch_size": 64,
-    "epochs": 40,
-    "lr": 1e-3,
-    "weight_decay": 1e-4,
-    "patience": 6,
-    "feature_noise": 0.2,
-    "feature_dropout": 0.1,
+# Training recipes of the trained rows, from the recipe as first shipped ("v0") to the one
+# with every fix ("fixed"); each intermediate recipe adds one change (docs/evaluation.md).
+_V0 = {"batch_size": 8, "epochs": 10, "lr": 1e-4, "weight_decay": 1e-6}
+RECIPES: dict[str, dict] = {
+    "v0": _V0,
+    "b64": {**_V0, "batch_size": 64},
+    "hn": {**_V0, "hard_negatives": True},
+    "hn_aug": {**_V0, "hard_negatives": True, "feature_noise": 0.2, "feature_dropout": 0.1},
+    "fixed": {
+        **_V0,
+        "hard_negatives": True,
+        "feature_noise": 0.2,
+        "feature_dropout": 0.1,
+        "epochs": 20,
+        "patience": 4,
+        "validate": True,  # early stopping on a patient-level validation split
+    },
 }
-# name -> (fusion, loss, recipe); recipe "v0" = as first shipped, "fixed" = with the fixes
+# name -> (fusion, loss, recipe)
 TRAINED: dict[str, tuple[str, str, str]] = {
     "deep_contrastive_v0": ("deep", "paper", "v0"),
+    "deep_contrastive_b64": ("deep", "paper", "b64"),
+    "deep_contrastive_hn": ("deep", "paper", "hn"),
+    "deep_contrastive_hn_aug": ("deep", "paper", "hn_aug"),
     "deep_contrastive": ("deep", "paper", "fixed"),
     "deep_supcon": ("deep", "supcon", "fixed"),
+    "fused_contrastive_v0": ("ildffn", "paper", "v0"),
     "fused_contrastive": ("ildffn", "paper", "fixed"),
     "fused_supcon": ("ildffn", "supcon", "fixed"),
     "radiomics_contrastive": ("radiomics", "paper", "fixed"),
@@ -94,9 +107,10 @@ def trained_row(name: str, fold: Fold, *, config) -> Row:
     from retrieval.engine.training import TrainConfig, train_head
 
     fusion, loss, recipe = TRAINED[name]
-    settings = V0_TRAINING if recipe == "v0" else FIXED_TRAINING
-    if recipe == "v0" and config.epochs is not None:
-        settings = {**settings, "epochs": min(config.epochs, settings["epochs"])}
+    settings = dict(RECIPES[recipe])
+    validate = settings.pop("validate", False)
+    if config.epochs is not None:  # --epochs; the early-stopped recipe may run twice that
+        settings["epochs"] = config.epochs * (2 if validate else 1)
     tc = TrainConfig(
         loss=loss,
         margin=config.margin,
@@ -105,12 +119,11 @@ def trained_row(name: str, fold: Fold, *, config) -> Row:
         seed=config.seed,
         fusion=fusion,
         reduce_deep=config.reduce_deep,
-        hard_negatives=recipe == "fixed",
         device=config.device,
         **settings,
     )
     y = np.array([fold.classes.index(v) for v in fold.y_tr])
-    tr, va = _validation_split(fold, config.seed) if recipe == "fixed" else (None, None)
+    tr, va = _validation_split(fold, config.seed) if validate else (None, None)
     if tr is not None and len(np.unique(y[tr])) == len(np.unique(y)) and len(va):
         head, info = train_head(
             deep=fold.deep_tr[tr],
