@@ -17,6 +17,7 @@ a default lung window); pixel values are Hounsfield units (slope 1, intercept 0)
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from typing import Any
 
@@ -41,10 +42,13 @@ EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 MAX_LIMIT = 1000
 
 
+UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
 class DicomUidConverter:
     """A DICOM UID in a URL: digits and dots, at most 64 characters."""
 
-    regex = r"[0-9]+(?:\.[0-9]+)*"
+    regex = UID_RE.pattern
 
     def to_python(self, value: str) -> str:
         if len(value) > 64:
@@ -240,8 +244,12 @@ class StudiesView(FileView):
         offset = _int_param(request, "offset", 0)
         qs = visible_studies(user=request.user).order_by("-created_at", "-id")
         if uid := request.query_params.get("StudyInstanceUID"):
+            if not UID_RE.fullmatch(uid) or len(uid) > 64:
+                raise ValidationError({"StudyInstanceUID": ["Not a DICOM UID."]})
             qs = qs.filter(study_instance_uid=uid)
         if pid := request.query_params.get("PatientID"):
+            if len(pid) > 64 or not pid.isprintable():
+                raise ValidationError({"PatientID": ["At most 64 printable characters."]})
             qs = qs.filter(patient__display_id=pid)
         qs = qs.annotate(
             n_series=Count("series", distinct=True), n_instances=Count("series__slices")

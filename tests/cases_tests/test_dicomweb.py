@@ -137,7 +137,15 @@ def test_qido_studies_filters_and_pages(client, clinician):
     assert [i["0020000D"]["Value"][0] for i in one] == [studies[1].study_instance_uid]
     assert len(client.get(BASE, {"limit": 2}).json()) == 2
     assert len(client.get(BASE, {"limit": 2, "offset": 2}).json()) == 1
-    for bad in ({"limit": "x"}, {"limit": -1}, {"offset": "1.5"}, {"limit": 100000}):
+    for bad in (
+        {"limit": "x"},
+        {"limit": -1},
+        {"offset": "1.5"},
+        {"limit": 100000},
+        {"StudyInstanceUID": "1.2.x"},
+        {"PatientID": "A\x00B"},
+        {"PatientID": "P" * 65},
+    ):
         response = client.get(BASE, bad)
         assert response.status_code == 400, bad
         assert response["Content-Type"] == "application/json"
