@@ -283,3 +283,19 @@ def test_model_pages_show_the_held_out_table_with_the_differences(client, expert
     assert "<th>active version (older)</th><td>0.790</td>" in detail
     assert "<th>this version − frozen backbone</th><td>+0.050</td>" in detail
     assert "12 held-out slices of 3 patients" in detail
+
+
+@pytest.mark.django_db
+def test_the_admin_change_page_shows_the_held_out_table(client, admin_user):
+    from django.urls import reverse
+
+    gated = _version("gated", _table(this=0.81, frozen=0.76))
+    legacy = _version("legacy", {})
+    client.force_login(admin_user)
+
+    page = client.get(reverse("admin:retrieval_modelversion_change", args=[gated.pk]))
+    old = client.get(reverse("admin:retrieval_modelversion_change", args=[legacy.pk]))
+
+    assert page.status_code == 200
+    assert "<tr><th>this version</th><td>0.810</td>" in page.content.decode()
+    assert "Not evaluated on held-out patients." in old.content.decode()
