@@ -355,3 +355,61 @@ def test_on_a_touch_screen_a_swipe_scrolls_the_stack(browser, live_server, viewe
     )
     assert state(page)["query"]["window"] == before, before
     context.close()
+
+
+def test_a_cam_still_being_computed_shows_computing_then_appears_without_a_broken_image(
+    browser, live_server, viewer_case, settings, tmp_path
+):
+    """The CAM URL answers 202 while a worker computes the overlay (jobs go to a broker no
+    worker reads here); the viewport says "CAM computing…", polls, and shows the overlay once
+    the worker's file exists."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from ildreview.broker import filesystem_transport_options
+    from retrieval.models import SimilarCase
+    from retrieval.selectors.review import review_cam_name
+    from tests.browser_tests.conftest import _celery_point_at, _celery_restore
+    from tests.browser_tests.viewer_data import cam_png
+
+    case = SimilarCase.objects.select_related("result").get(
+        result__study_id=viewer_case["study"], rank=1
+    )
+    for field in ("query_cam", "reference_cam"):
+        default_storage.delete(getattr(case, field).name)
+    SimilarCase.objects.filter(pk=case.pk).update(query_cam="", reference_cam="")
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.ILDREVIEW_RESULTS_TOP_K = 2  # the stored answer (no live query for the worker)
+    previous = _celery_point_at(
+        broker_url="filesystem://",
+        transport_options=filesystem_transport_options(folder=tmp_path / "broker"),
+    )
+    try:
+        page = open_review(browser, live_server, viewer_case)
+        status = page.locator("[data-testid=query-cam-status]")
+        page.wait_for_function(
+            "() => !document.querySelector('[data-testid=query-cam-status]').hidden"
+        )
+        assert status.inner_text() == "CAM computing…"
+        assert page.locator("#viewer-cam").is_hidden()
+        shot(page, "viewer-cam-computing.png")
+        for side in ("query", "reference"):
+            default_storage.save(
+                review_cam_name(
+                    study_id=viewer_case["study"],
+                    model_version_id=case.result.model_version_id,
+                    query_slice_id=case.query_slice_id,
+                    reference_slice_id=case.reference_slice_id,
+                    side=side,
+                ),
+                ContentFile(cam_png(128, cx=0.3, cy=0.5)),
+            )
+        page.wait_for_function(
+            "() => { const i = document.getElementById('viewer-cam');"
+            " return !i.hidden && i.complete && i.naturalWidth === 128; }",
+            timeout=15_000,
+        )
+        assert status.is_hidden()
+        assert page.problems == []
+    finally:
+        _celery_restore(previous)
