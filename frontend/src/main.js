@@ -132,7 +132,7 @@ class Viewer {
     this.reference.root.hidden = false;
     this.reference.role("title").textContent = "#" + hit.rank + " " + hit.label + " · " + hit.diagnosis;
     this.engine.resize(true, true);
-    const keep = this.reference.series ? this.reference.windowWL() : null;
+    const keep = this.reference.series && !this.reference.series.windowed ? this.reference.windowWL() : null;
     const lw = keep ? [keep[1], keep[0]] : this.config.presets[this.config.preset];
     const refIndex = hit.series.slices.indexOf(hit.referenceSlice);
     await this.reference.load(hit.series, refIndex, lw);

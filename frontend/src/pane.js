@@ -79,7 +79,10 @@ export class Pane {
       this.loading = false;
     }
     this.viewport.resetCamera();
-    if (windowLW) this.setWindow(windowLW[1], windowLW[0]);
+    // 8-bit images already windowed (2-D references from PNG/JPEG) are shown as stored.
+    const lw = series.windowed ? this.app.config.greyWindow : windowLW;
+    if (lw) this.setWindow(lw[1], lw[0]);
+    this.root.classList.toggle("windowed", !!series.windowed);
     this.viewport.render();
     this.refresh();
   }
@@ -129,6 +132,7 @@ export class Pane {
   }
 
   preset(name) {
+    if (this.series && this.series.windowed) return; // no HU to window
     const lw = this.app.config.presets[name];
     if (lw) this.setWindow(lw[1], lw[0]);
   }

@@ -28,6 +28,8 @@ VIEWER_PRESETS: dict[str, tuple[float, float]] = {
     "mediastinum": (40.0, 400.0),
     "bone": (400.0, 1800.0),
 }
+# Grey levels of 8-bit images that are already windowed: shown as stored.
+GREY_WINDOW = (128.0, 256.0)
 # The study page's preset names map onto the viewer's ("mediastinal" -> "mediastinum").
 _PRESET_ALIASES = {"mediastinal": "mediastinum"}
 # A slice counts as "in the lungs" when its lung fraction reaches this share of the series'
@@ -64,24 +66,26 @@ def lung_positions(*, fractions: Sequence[float | None]) -> tuple[list[float], b
     return [round(i / (n - 1), 4) for i in range(n)], False
 
 
-def _series_rows(series_ids: Iterable[int]) -> dict[int, list[tuple[int, float | None]]]:
-    """{series id: [(slice id, lung fraction), ...] in index order}, in one query."""
+def _series_rows(series_ids: Iterable[int]) -> dict[int, list[tuple[int, float | None, bool]]]:
+    """{series id: [(slice id, lung fraction, windowed), ...] in index order}, one query."""
     rows: dict[int, list[tuple[int, float | None]]] = {}
     qs = (
         Slice.objects.filter(series_id__in=set(series_ids))
         .order_by("series_id", "index")
-        .values_list("series_id", "pk", "lung_fraction")
+        .values_list("series_id", "pk", "lung_fraction", "is_windowed")
     )
-    for series_id, pk, fraction in qs:
-        rows.setdefault(series_id, []).append((pk, fraction))
+    for series_id, pk, fraction, windowed in qs:
+        rows.setdefault(series_id, []).append((pk, fraction, windowed))
     return rows
 
 
-def _series_payload(series: Series, rows: list[tuple[int, float | None]]) -> dict[str, Any]:
-    positions, by_lungs = lung_positions(fractions=[f for _, f in rows])
+def _series_payload(series: Series, rows: list[tuple[int, float | None, bool]]) -> dict[str, Any]:
+    positions, by_lungs = lung_positions(fractions=[f for _, f, _ in rows])
     return {
         "id": series.pk,
-        "slices": [pk for pk, _ in rows],
+        "slices": [pk for pk, _, _ in rows],
+        # 8-bit images already windowed (2-D references imported from PNG/JPEG): no HU.
+        "windowed": any(w for _, _, w in rows),
         "positions": positions,
         "positionsFromLungs": by_lungs,
         "spacing": [series.pixel_spacing_row or 1.0, series.pixel_spacing_col or 1.0],
@@ -153,6 +157,7 @@ def review_viewer_config(
     return {
         "pixelsUrl": _template("api-file-slice-npy"),
         "presets": {k: list(v) for k, v in VIEWER_PRESETS.items()},
+        "greyWindow": list(GREY_WINDOW),
         "preset": name if name in VIEWER_PRESETS else "lung",
         "query": {**query, "label": study.patient.display_id, "index": start_index},
         "results": results,

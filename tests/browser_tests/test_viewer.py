@@ -413,3 +413,26 @@ def test_a_cam_still_being_computed_shows_computing_then_appears_without_a_broke
         assert page.problems == []
     finally:
         _celery_restore(previous)
+
+
+def test_an_8_bit_reference_image_is_shown_as_stored_beside_a_hu_query(browser, live_server):
+    """2-D references imported from PNG/JPEG carry grey levels, not HU: the comparison shows
+    them with the grey window, no HU presets, and the probe says "grey"."""
+    clinician = UserFactory(username="wclin", role="Clinician")
+    expert = UserFactory(username="wexp", role="Expert")
+    data = viewer_case_create(clinician=clinician, expert=expert, windowed_ranks=(1,))
+    client = Client()
+    client.force_login(clinician)
+    data["session"] = client.cookies["sessionid"].value
+    page = open_review(browser, live_server, data)
+    open_comparison(page, 1)
+    s = state(page)
+    assert s["reference"]["window"] == [256, 128]
+    assert s["query"]["window"] == [1500, -600]
+    assert page.locator("[data-testid=pane-reference] [data-preset=lung]").is_hidden()
+    assert page.locator("[data-testid=pane-query] [data-preset=lung]").is_visible()
+    box = page.locator("[data-testid=reference-element]").bounding_box()
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"])
+    assert page.locator("[data-testid=reference-probe]").inner_text().startswith("grey ")
+    shot(page, "viewer-8bit-reference.png")
+    assert page.problems == []

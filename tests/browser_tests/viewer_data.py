@@ -28,8 +28,11 @@ def lung_scale(i: int, n: int, *, first: int, last: int) -> float:
     return 0.35 + 0.65 * math.sin(math.pi * t)
 
 
-def _series_fill(study: Study, *, first: int, last: int, size: int, seed: int) -> None:
-    """Rewrite the study's slices with lungs from `first` to `last` and store lung fractions."""
+def _series_fill(
+    study: Study, *, first: int, last: int, size: int, seed: int, windowed: bool = False
+) -> None:
+    """Rewrite the study's slices with lungs from `first` to `last` and store lung fractions;
+    `windowed`: as 8-bit grey (lung window), like a 2-D reference imported from PNG."""
     slices = list(study.series.get().slices.order_by("index"))
     n = len(slices)
     for s in slices:
@@ -38,12 +41,17 @@ def _series_fill(study: Study, *, first: int, last: int, size: int, seed: int) -
         if scale <= 0:  # body without lungs (not plain tissue): the outline must find none
             body = chest_slice(size=size, seed=seed, lung_scale=1.0)
             hu = np.where(body > -900, 40, -1000).astype(np.int16)
+        stored = hu
+        if windowed:
+            grey = (hu.astype(np.float32) + 1350.0) / 1500.0 * 255.0
+            stored = np.clip(np.round(grey), 0, 255).astype(np.uint8)
         buf = io.BytesIO()
-        np.save(buf, hu, allow_pickle=False)
+        np.save(buf, stored, allow_pickle=False)
         default_storage.delete(s.pixels.name)
         s.pixels.save(f"{s.index:04d}.npy", ContentFile(buf.getvalue()), save=False)
         s.lung_fraction = float((hu < -400).mean()) if scale > 0 else 0.0
-        s.hu_min, s.hu_max = float(hu.min()), float(hu.max())
+        s.hu_min, s.hu_max = float(stored.min()), float(stored.max())
+        s.is_windowed = windowed
         s.save()
     series = study.series.get()
     series.pixel_spacing_row = series.pixel_spacing_col = 0.7
@@ -74,9 +82,11 @@ def viewer_case_create(
     query_slices: int = 40,
     reference_slices: tuple[int, ...] = (30, 52),
     size: int = 128,
+    windowed_ranks: tuple[int, ...] = (),
 ) -> dict:
     """The query study of `clinician` (ready for review) and one approved reference case per
-    entry of `reference_slices`; returns the ids the tests need."""
+    entry of `reference_slices` (8-bit grey for the ranks in `windowed_ranks`); returns the
+    ids the tests need."""
     version = ModelVersion.objects.create(
         name="viewer", artefact_dir="unused", backbone="test", is_active=True
     )
@@ -108,7 +118,14 @@ def viewer_case_create(
             source=Study.Source.REFERENCE_IMPORT,
         )
         first, last = 2, n - 3
-        _series_fill(study, first=first, last=last, size=size, seed=10 + rank)
+        _series_fill(
+            study,
+            first=first,
+            last=last,
+            size=size,
+            seed=10 + rank,
+            windowed=rank in windowed_ranks,
+        )
         rc = ReferenceCase.objects.create(
             study=study,
             diagnosis=dx,

@@ -58,6 +58,7 @@ def test_the_review_page_carries_the_query_series_and_each_results_matched_pair(
     cfg = _config(client, case["clinician"], case["study"])
     assert cfg["query"]["slices"] == case["query_slices"]
     assert cfg["query"]["index"] == case["query_match"]
+    assert cfg["query"]["windowed"] is False and cfg["greyWindow"] == [128.0, 256.0]
     assert cfg["query"]["positionsFromLungs"]
     first, last = case["query_lungs"]
     assert cfg["query"]["positions"][first] == 0.0 and cfg["query"]["positions"][last] == 1.0
