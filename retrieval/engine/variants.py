@@ -109,8 +109,12 @@ def trained_row(name: str, fold: Fold, *, config) -> Row:
     fusion, loss, recipe = TRAINED[name]
     settings = dict(RECIPES[recipe])
     validate = settings.pop("validate", False)
-    if config.epochs is not None:  # --epochs; the early-stopped recipe may run twice that
-        settings["epochs"] = config.epochs * (2 if validate else 1)
+    if config.epochs is not None:  # --epochs; an early-stopped deep head may run twice that
+        # ILD-FFN epochs cost ~25x a projection head's on CPU: kept at --epochs, patience 3
+        longer = validate and fusion != "ildffn"
+        settings["epochs"] = config.epochs * (2 if longer else 1)
+        if validate and fusion == "ildffn":
+            settings["patience"] = min(settings.get("patience", 3), 3)
     tc = TrainConfig(
         loss=loss,
         margin=config.margin,
