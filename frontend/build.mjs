@@ -46,6 +46,28 @@ const nodeStubs = {
   },
 };
 
+// Cornerstone's tools package declares "sideEffects": false, but esbuild reads the nearest
+// package.json (dist/esm/package.json, which does not say it), so every tool class would be
+// bundled. The tool modules only define classes (addTool registers them): let esbuild drop
+// the ones the viewer does not import.
+const toolsTreeShaking = {
+  name: "tools-tree-shaking",
+  setup(b) {
+    b.onResolve({ filter: /^\.\.?\// }, async (args) => {
+      if (!/@cornerstonejs[\\/]tools[\\/]dist[\\/]esm[\\/]tools/.test(args.resolveDir)) return undefined;
+      if (args.pluginData === "tools-tree-shaking") return undefined;
+      const result = await b.resolve(args.path, {
+        resolveDir: args.resolveDir,
+        kind: args.kind,
+        importer: args.importer,
+        pluginData: "tools-tree-shaking",
+      });
+      if (result.errors.length) return undefined;
+      return { ...result, sideEffects: false };
+    });
+  },
+};
+
 mkdirSync(out, { recursive: true });
 const result = await build({
   entryPoints: [join(here, "src", "main.js")],
@@ -57,7 +79,7 @@ const result = await build({
   legalComments: "eof",
   logLevel: "warning",
   metafile: true,
-  plugins: [nodeStubs],
+  plugins: [nodeStubs, toolsTreeShaking],
 });
 const lock = JSON.parse(readFileSync(join(here, "package-lock.json"), "utf8"));
 const versions = Object.fromEntries(
