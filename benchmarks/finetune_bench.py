@@ -8,7 +8,8 @@ at 512 px (as the evaluation does) and fed to the backbone at `--input-size`. Fo
 backbone it prints and writes to `--out` (JSON):
 
 - seconds to embed the fold with the frozen backbone, and the macro F1 of top-1 cosine
-  retrieval of held-out (test) slices among the training slices with those frozen features;
+  retrieval of held-out (test) slices among the training slices with those frozen features
+  (and the class-balanced precision@10 of the same retrieval);
 - fine-tuning on the fold's training slices (inner patient-level validation, early stopping):
   seconds of the setup and of each epoch, the whole fold's seconds, epochs run and the best
   epoch, then the same macro F1 with the fine-tuned backbone.
@@ -45,10 +46,13 @@ def _prepare(paths, *, size: int):
     return images
 
 
-def _macro_f1_top1(train_emb, train_y, test_emb, test_y) -> float:
+def _scores(train_emb, train_y, test_emb, test_y) -> dict:
+    """Macro F1 of the top-1 label and class-balanced precision@10 of test among train."""
     from retrieval.engine.finetune import retrieval_score
 
-    return round(retrieval_score(test_emb, test_y, train_emb, train_y)["f1_top1"], 4)
+    return {
+        k: round(v, 4) for k, v in retrieval_score(test_emb, test_y, train_emb, train_y).items()
+    }
 
 
 def main() -> int:
@@ -114,16 +118,17 @@ def main() -> int:
     for n, name in enumerate(args.backbones):
         epochs = args.epochs if n == 0 else args.other_epochs
         backbone = build_backbone(name, weights="imagenet", device="cpu")
-        embed_s = embed_cpu = f1_frozen = f1_tuned = None
+        embed_s = embed_cpu = f1_frozen = f1_tuned = p10_frozen = p10_tuned = None
         t, cpu = time.perf_counter(), time.process_time()
         if not args.cost_only:
             frozen_train = embed_images(backbone, train_images, input_size=args.input_size)
             frozen_test = embed_images(backbone, test_images, input_size=args.input_size)
             embed_s, embed_cpu = time.perf_counter() - t, time.process_time() - cpu
-            f1_frozen = _macro_f1_top1(frozen_train, y[train_idx], frozen_test, y[test_idx])
+            frozen = _scores(frozen_train, y[train_idx], frozen_test, y[test_idx])
+            f1_frozen, p10_frozen = frozen["f1_top1"], frozen["score"]
             print(
                 f"{name}: frozen embed {embed_s:.1f} s ({embed_cpu:.1f} CPU s), "
-                f"macro F1 {f1_frozen}",
+                f"macro F1 {f1_frozen}, precision@10 {p10_frozen}",
                 flush=True,
             )
         config = FinetuneConfig(input_size=args.input_size, blocks=args.blocks, epochs=epochs)
@@ -140,7 +145,8 @@ def main() -> int:
         if not args.cost_only:
             tuned_train = embed_images(backbone, train_images, input_size=args.input_size)
             tuned_test = embed_images(backbone, test_images, input_size=args.input_size)
-            f1_tuned = _macro_f1_top1(tuned_train, y[train_idx], tuned_test, y[test_idx])
+            tuned = _scores(tuned_train, y[train_idx], tuned_test, y[test_idx])
+            f1_tuned, p10_tuned = tuned["f1_top1"], tuned["score"]
         epoch_s = [row["seconds"] for row in info["val_history"][1:]]
         epoch_cpu = [row["cpu_seconds"] for row in info["val_history"][1:]]
         run = {
@@ -150,6 +156,7 @@ def main() -> int:
             "frozen_embed_seconds": None if embed_s is None else round(embed_s, 1),
             "frozen_embed_cpu_seconds": None if embed_cpu is None else round(embed_cpu, 1),
             "f1_frozen": f1_frozen,
+            "precision10_frozen": p10_frozen,
             "setup_seconds": info["val_history"][0]["seconds"],
             "epoch_seconds": epoch_s,
             "mean_epoch_seconds": round(float(np.mean(epoch_s)), 1) if epoch_s else None,
@@ -163,13 +170,15 @@ def main() -> int:
             "val_history": info["val_history"],
             "trainable_count": info["trainable_count"],
             "f1_finetuned": f1_tuned,
+            "precision10_finetuned": p10_tuned,
         }
         results["runs"].append(run)
         print(
             f"{name}: setup {run['setup_seconds']:.1f} s, {run['epochs_run']} epochs "
             f"(mean {run['mean_epoch_seconds']} s, {run['mean_epoch_cpu_seconds']} CPU s), "
             f"fine-tune {run['finetune_seconds']:.1f} s ({run['finetune_cpu_seconds']:.1f} CPU "
-            f"s), best epoch {run['best_epoch']}, macro F1 {f1_frozen} -> {f1_tuned}",
+            f"s), best epoch {run['best_epoch']}, macro F1 {f1_frozen} -> {f1_tuned}, "
+            f"precision@10 {p10_frozen} -> {p10_tuned}",
             flush=True,
         )
         args.out.write_text(json.dumps(results, indent=2))
