@@ -7,13 +7,14 @@ from __future__ import annotations
 from django.http import FileResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cases.api.files import FileView, binary_response, file_errors, stored_file_response
+from cases.api.schema import BAD_REQUEST
 from cases.api.serializers import DiagnosisBriefSerializer
 from cases.models import Study
 from cases.selectors import study_get_visible
@@ -150,6 +151,11 @@ class ClassFirstResultSerializer(serializers.Serializer):
     similar_cases = LiveCaseSerializer(many=True)
 
 
+class PendingSearchSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    mode = serializers.CharField()
+
+
 class StudyResultsView(APIView):
     @extend_schema(
         summary="Similar-case results of a study",
@@ -167,8 +173,10 @@ class StudyResultsView(APIView):
         ],
         responses={
             200: StudyResultSerializer,
-            202: serializers.DictField(),
-            400: serializers.DictField(),
+            202: OpenApiResponse(
+                PendingSearchSerializer, description="The class-first search is being computed."
+            ),
+            400: BAD_REQUEST,
             409: NotReadySerializer,
         },
     )
