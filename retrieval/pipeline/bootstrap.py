@@ -4,8 +4,10 @@ The engine's recipe (`retrieval.engine.recipe.train_retrieval_model`) with the l
 settings: frozen backbone (`ILDREVIEW_BACKBONE`, weights `ILDREVIEW_BOOTSTRAP_WEIGHTS`), deep
 features and radiomics of every usable slice of the approved cases (at most
 `MAX_SLICES_PER_CASE` per case, evenly spread, so one long CT does not outweigh the rest),
-ILD-FFN trained with the paper's contrastive loss; saved as an engine artefact folder. Admin
-training runs (`training.py`) use the same function, `artefact_train`.
+the recipe's configuration in `library_recipe_config`; saved as an engine artefact folder.
+Admin training runs (`training.py`) use `artefact_train`; the bootstrap
+(`reference.model_version_bootstrap`) goes through the held-out gate
+(`retrieval.pipeline.gate.library_train_gated`) with the same configuration.
 """
 
 from __future__ import annotations
@@ -47,28 +49,6 @@ def library_prepare(
         if progress:
             progress(n + 1, len(cases))
     return prepared, labels, class_names, case_ids
-
-
-def bootstrap_train(
-    *,
-    cases: list[ReferenceCase],
-    out_dir: Path,
-    progress: Callable[[int, int], None] | None = None,
-    epochs: int | None = None,
-) -> Path:
-    """Train on `cases` (approved, >= 2 diagnoses) and save the artefact to `out_dir`."""
-    size = int(settings.ILDREVIEW_BOOTSTRAP_SIZE)
-    prepared, labels, class_names, _ = library_prepare(cases=cases, size=size, progress=progress)
-    return artefact_train(
-        prepared=prepared,
-        labels=labels,
-        class_names=class_names,
-        out_dir=out_dir,
-        backbone_name=settings.ILDREVIEW_BACKBONE,
-        weights=settings.ILDREVIEW_BOOTSTRAP_WEIGHTS,
-        size=size,
-        epochs=int(epochs or settings.ILDREVIEW_BOOTSTRAP_EPOCHS),
-    )
 
 
 def artefact_train(
