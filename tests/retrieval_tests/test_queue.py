@@ -269,7 +269,7 @@ def test_the_progress_json_and_the_api_show_the_queue_never_a_stale_stage_percen
         "text": "queued — position 2 of 2, about 30 s",
     }
     page = client.get(reverse("cases:study_review", args=[waiting.pk])).content.decode()
-    assert "Queued — position 2 of 2, about 30 s" in page and "74%" not in page
+    assert "Waiting in queue (position 2 of 2, about 30 s)" in page and "74%" not in page
 
     api = client.get(f"/api/studies/{waiting.pk}/results/")
     assert api.status_code == 409
