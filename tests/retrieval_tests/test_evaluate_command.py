@@ -29,6 +29,7 @@ def test_evaluate_retrieval_writes_report_json_and_html(tmp_path):
         "--embed-dim", "16",
         "--reduce-deep", "8",
         "--no-extras",
+        "--fused",
         "--cache-dir", str(tmp_path / "cache"),
         stdout=stdout,
         verbosity=0,
