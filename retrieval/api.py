@@ -169,7 +169,11 @@ class StudyResultsView(APIView):
             OpenApiParameter(
                 "mode", OpenApiTypes.STR, OpenApiParameter.QUERY, enum=("similar", "hierarchical")
             ),
-            OpenApiParameter("k", OpenApiTypes.INT, OpenApiParameter.QUERY),
+            OpenApiParameter(
+                "k",
+                {"type": "integer", "minimum": 1, "maximum": K_MAX},
+                OpenApiParameter.QUERY,
+            ),
         ],
         responses={
             200: StudyResultSerializer,
