@@ -61,6 +61,7 @@ def artefact_train(
     weights: str,
     size: int,
     epochs: int,
+    patients: list[str] | None = None,
 ) -> Path:
     """The library's recipe (`train_retrieval_model`: frozen backbone, head-only ILD-FFN,
     seed 0) on prepared slices labelled by index into `class_names`; saves the artefact to
@@ -72,7 +73,11 @@ def artefact_train(
         backbone_name=backbone_name, weights=weights, size=size, epochs=epochs
     )
     model = train_retrieval_model(
-        prepared, [class_names[i] for i in labels], config, class_names=class_names
+        prepared,
+        [class_names[i] for i in labels],
+        config,
+        class_names=class_names,
+        patients=patients,  # patient-level inner validation split when given
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

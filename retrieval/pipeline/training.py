@@ -119,10 +119,11 @@ def training_run_execute(*, training_run_id: int) -> ModelVersion | None:
         )
         # The held-out gate's table (the recipe on part of the patients, against the frozen
         # backbone and the active version); activation compares these figures.
+        patients = library_patients(case_ids=case_ids)
         holdout = library_gate_table(
             prepared=prepared,
             labels=[class_names[i] for i in labels],
-            patients=library_patients(case_ids=case_ids),
+            patients=patients,
             class_names=class_names,
             config=library_recipe_config(
                 backbone_name=backbone, weights=weights, size=size, epochs=epochs
@@ -138,6 +139,7 @@ def training_run_execute(*, training_run_id: int) -> ModelVersion | None:
             weights=weights,
             size=size,
             epochs=epochs,
+            patients=patients,
         )
         percent(_TRAIN_END)
         report = library_report_write(

@@ -98,7 +98,7 @@ class Command(BaseCommand):
             if opts["mode"] == "finetune":
                 model = _train_finetuned(prepared, labels, patients, opts=opts, quiet=quiet)
             else:
-                model = _train(prepared, labels, opts=opts)
+                model = _train(prepared, labels, patients, opts=opts)
         except Exception as exc:  # engine errors: report them without a half-written folder
             _remove_partial(out)
             raise CommandError(f"training failed: {exc}") from exc
@@ -140,7 +140,7 @@ def _gate_table(prepared, labels, patients, *, opts) -> dict:
     def train(p, y, g):
         if opts["mode"] == "finetune":
             return _train_finetuned(p, y, g, opts=opts, quiet=True)
-        return _train(p, y, opts=opts)
+        return _train(p, y, g, opts=opts)
 
     options = backbone_options(opts)
     return gate_table(
@@ -195,7 +195,7 @@ def _library_slices(*, size: int, quiet: bool):
     return prepared, labels, patients
 
 
-def _train(prepared, labels, *, opts):
+def _train(prepared, labels, patients, *, opts):
     from retrieval.engine.recipe import RecipeConfig, train_retrieval_model
     from retrieval.engine.training import TrainConfig
 
@@ -205,7 +205,8 @@ def _train(prepared, labels, *, opts):
             **training_options(opts), loss=opts["loss"], mode=opts["mode"], fusion=opts["fusion"]
         ),
     )
-    return train_retrieval_model(prepared, labels, config)
+    # patient ids keep a case's slices on one side of the recipe's inner validation split
+    return train_retrieval_model(prepared, labels, config, patients=list(patients))
 
 
 def _train_finetuned(prepared, labels, patients, *, opts, quiet: bool):
@@ -245,7 +246,9 @@ def _train_finetuned(prepared, labels, patients, *, opts, quiet: bool):
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "finetuned_backbone.pth"
         torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, weights)
-        model = _train(prepared, labels, opts={**opts, "mode": "head", "weights": str(weights)})
+        model = _train(
+            prepared, labels, patients, opts={**opts, "mode": "head", "weights": str(weights)}
+        )
     from retrieval.engine.backbones import state_sha256
 
     if state_sha256(model.backbone.state_dict()) != backbone.fine_tuned_sha256:
