@@ -29,7 +29,15 @@ from retrieval.models import ReferenceEmbedding
 from tests.browser_tests.conftest import ARTEFACTS, wait_until
 from tests.conftest import LUNG_PET_CT_DX
 
-pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.slow]
+# serialized_rollback like the other browser modules: on PostgreSQL a plain transactional flush
+# recreates content types under new ids, and the next module's serialized restore then collides
+# with them; an inhibited flush before this module would leave it without the migrated rows.
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.worker,
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+]
 
 PASSWORD = "browser-test-pw-1"
 CORRECTED = "DM/RP-ILD (anti-MDA5)"
