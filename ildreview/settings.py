@@ -234,6 +234,10 @@ ILDREVIEW_LONG_SOFT_TIME_LIMIT_S = env.int("ILDREVIEW_LONG_SOFT_TIME_LIMIT_S", d
 ILDREVIEW_STALE_AFTER_S = env.int("ILDREVIEW_STALE_AFTER_S", default=300)
 ILDREVIEW_QUEUED_STALE_AFTER_S = env.int("ILDREVIEW_QUEUED_STALE_AFTER_S", default=3600)
 ILDREVIEW_RECOVERY_INTERVAL_S = env.int("ILDREVIEW_RECOVERY_INTERVAL_S", default=60)
+# A CAM job lost with a killed worker (Redis keeps an unacknowledged message for the visibility
+# timeout, hours) is sent again by the recovery sweep once its result is this old and still has
+# no overlay; a repeated CAM job is a no-op, so a slow queue only costs a duplicate message.
+ILDREVIEW_CAM_RESEND_AFTER_S = env.int("ILDREVIEW_CAM_RESEND_AFTER_S", default=300)
 # A study still "uploaded" this long after its last change (its upload committed, but it was
 # never queued) is queued by the recovery sweep.
 ILDREVIEW_UPLOADED_GRACE_S = env.int("ILDREVIEW_UPLOADED_GRACE_S", default=300)

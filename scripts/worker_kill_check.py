@@ -64,6 +64,8 @@ def environment(args, tmp: Path) -> dict[str, str]:
         "ILDREVIEW_BOOTSTRAP_SIZE": str(args.size),
         "ILDREVIEW_BOOTSTRAP_EPOCHS": "1",
         "ILDREVIEW_RECOVERY_INTERVAL_S": "5",
+        # a CAM job the kill took with it comes back within the wait (default 300 s)
+        "ILDREVIEW_CAM_RESEND_AFTER_S": "20",
         "ILDREVIEW_RESULTS_TOP_K": "3",
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "DEBUG": "true",

@@ -79,7 +79,7 @@ def stale_jobs_requeue(
     admitted = jobs_admit()
     if admitted:
         logger.warning("sent waiting runs the fair queue admits: %s", admitted)
-    cams_missing_resend(older_than_s=settings.ILDREVIEW_QUEUED_STALE_AFTER_S)
+    cams_missing_resend(older_than_s=settings.ILDREVIEW_CAM_RESEND_AFTER_S)
     return requeued + queued + admitted
 
 
