@@ -29,9 +29,12 @@ Throughput (default): for each configuration `WxT` of `--configs` (W worker proc
 `celery worker -Q gpu,cpu --concurrency 1`, T torch/OpenMP threads each), the workers are
 started and ready before the clock starts; then the 10 studies are queued and the clock runs
 until every study is ready for review (first results) and until every similar case has both
-CAM overlays. Printed: both wall times, studies/hour overall and per worker, per-study median
-and p95 latency from queueing, tasks and CPU seconds per worker process, peak resident memory
-per pool process, the CPU count and the load average (other processes on the machine included).
+CAM overlays. Before the clock, each worker is warmed up with small synthetic studies until
+it has run every kind of stage once (imports, model and index loaded, as in a long-running
+deployment; `--no-warm` skips this). Printed: both wall times, studies/hour overall and per
+worker, per-study median and p95 latency from queueing, tasks and CPU seconds per worker
+process, peak resident memory per pool process, the CPU count and the load average (other
+processes on the machine included).
 
 Memory (`--memory`): one worker; the full 64-slice A0001 series-2-5mm study first, then 20
 studies (the 10 above twice), one at a time (the next is queued once the previous has all its
@@ -98,6 +101,12 @@ def parse_args(argv=None):
     p.add_argument("--weights", default="imagenet")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--top-k", type=int, default=8)
+    p.add_argument(
+        "--warm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="warm every worker up before the clock starts (--no-warm: cold workers)",
+    )
     p.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per configuration")
@@ -172,7 +181,8 @@ def git_commit() -> str:
             capture_output=True,
             text=True,
         )
-        return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+        changed = sorted(line[3:] for line in dirty.stdout.splitlines())
+        return out.stdout.strip() + (f" + uncommitted changes in {changed}" if changed else "")
     except OSError:
         return "unknown"
 
@@ -490,7 +500,7 @@ def throughput_run(args, env, tmp, workers, *, studies, n_workers: int, threads:
 
     label = f"{n_workers}x{threads}"
     started = workers_start(env, tmp, workers, n=n_workers, threads=threads, label=label)
-    warm_s = workers_warm(started, label=label, timeout=args.timeout)
+    warm_s = workers_warm(started, label=label, timeout=args.timeout) if args.warm else None
     skip = [len(w.log.read_text(errors="replace")) for w in started]
     cpu0 = [u["cpu_s"] for u in usage(started)]
     ids = [s.pk for s in studies]
