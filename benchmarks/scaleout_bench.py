@@ -52,6 +52,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,8 @@ class Source:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Stopped with SIGTERM, still stop the workers and drop the database (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="ildreview-scaleout-"))
     ns = argparse.Namespace(db=args.db, broker="redis", redis_url=args.redis_url, size=args.size)
     env = wkc.environment(ns, tmp)
@@ -171,20 +174,20 @@ def main(argv=None) -> int:
 
 
 def git_commit() -> str:
+    """The commit the workers run, and the tracked files changed since (a shared tree)."""
+
+    def git(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        changed = sorted(line[3:] for line in dirty.stdout.splitlines())
-        return out.stdout.strip() + (f" + uncommitted changes in {changed}" if changed else "")
+        head = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except OSError:
-        return "unknown"
+        head = None
+    if head is None or head.returncode != 0:  # e.g. run from an exported tree (`git archive`)
+        return os.environ.get("ILDREVIEW_BENCH_COMMIT", "unknown (not a git checkout)")
+    changed = sorted(line[3:] for line in dirty.stdout.splitlines())
+    return head.stdout.strip() + (f" + uncommitted changes in {changed}" if changed else "")
 
 
 # ---------------------------------------------------------------- studies
