@@ -250,6 +250,14 @@ ILDREVIEW_QUEUE_WORKERS = env.int("ILDREVIEW_QUEUE_WORKERS", default=1)
 ILDREVIEW_TORCH_THREADS = env.int("ILDREVIEW_TORCH_THREADS", default=1)
 # Slices embedded per forward pass when a study or reference case is embedded (memory vs speed).
 ILDREVIEW_EMBED_BATCH = env.int("ILDREVIEW_EMBED_BATCH", default=8)
+# Prepared slices (windowed image + lung mask, about 1.3 MB each at 512 px) a worker process
+# keeps, so that the embed stage and the CAM jobs do not load and segment them again.
+ILDREVIEW_PREPARED_CACHE_SLICES = env.int("ILDREVIEW_PREPARED_CACHE_SLICES", default=192)
+# Whether the prepare stage also computes the embeddings, running the backbone in a thread
+# while the lung masks and radiomics are computed (the embed stage then has nothing left to
+# do): "auto" when this worker also serves the gpu queue (one machine for both), "true",
+# "false" (keep the network work on the gpu queue's workers).
+ILDREVIEW_PREPARE_EMBEDS = env.str("ILDREVIEW_PREPARE_EMBEDS", default="auto")
 # `manage.py bootstrap_model`: backbone weights ("imagenet", "random" for tests, or a file),
 # image size and epochs of the head-only model trained on the approved library.
 ILDREVIEW_BOOTSTRAP_WEIGHTS = env.str("ILDREVIEW_BOOTSTRAP_WEIGHTS", default="imagenet")

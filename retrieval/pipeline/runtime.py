@@ -7,7 +7,9 @@ keeps the models it has loaded, keyed by model version id.
 
 from __future__ import annotations
 
+import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,12 +114,75 @@ def slice_pixels_load(*, slice_obj: Slice) -> SlicePixels:
     return SlicePixels(pixels=array, is_windowed=bool(slice_obj.is_windowed))
 
 
+# Prepared slices of this process, most recently used last. The prepare stage segments every
+# slice; the embed stage (when it has embeddings left to compute) and the CAM jobs of the same
+# study need the same slices again, and loading + k-means segmentation is about 35 ms a slice.
+_prepared_lock = threading.Lock()
+_prepared: OrderedDict[tuple, object] = OrderedDict()
+_prepared_stats = {"hits": 0, "misses": 0}
+
+
+def _prepared_key(slice_obj: Slice, size: int) -> tuple:
+    # A slice's pixels are written once, at upload. The file's path, size and modification
+    # time still go into the key, so that a row id and file name used again (another media
+    # folder, a database restored or rolled back) never gets another slice's pixels.
+    name = slice_obj.pixels.name
+    try:
+        path = slice_obj.pixels.storage.path(name)
+        stat = os.stat(path)
+        where: tuple = (path, stat.st_size, stat.st_mtime_ns)
+    except (NotImplementedError, OSError):
+        where = (name,)  # not a local file (object storage): the name is all we have
+    return (slice_obj.pk, *where, bool(slice_obj.is_windowed), int(size))
+
+
 def slice_prepare(*, slice_obj: Slice, size: int):
-    """Engine `PreparedSlice` (windowed image, lung mask, lung fraction) of a stored slice."""
+    """Engine `PreparedSlice` (windowed image, lung mask, lung fraction) of a stored slice,
+    from this process's cache when it prepared the slice recently (arrays are read-only)."""
     from retrieval.engine.preprocess import prepare_slice
 
+    limit = int(settings.ILDREVIEW_PREPARED_CACHE_SLICES)
+    key = _prepared_key(slice_obj, size)
+    with _prepared_lock:
+        cached = _prepared.get(key)
+        if cached is not None:
+            _prepared.move_to_end(key)
+            _prepared_stats["hits"] += 1
+            return cached
+        _prepared_stats["misses"] += 1
     px = slice_pixels_load(slice_obj=slice_obj)
-    return prepare_slice(px.pixels, is_windowed=px.is_windowed, size=size)
+    prepared = prepare_slice(px.pixels, is_windowed=px.is_windowed, size=size)
+    if limit > 0:
+        # Shared between callers: nobody may change it in place.
+        prepared.image.setflags(write=False)
+        prepared.mask.setflags(write=False)
+        with _prepared_lock:
+            _prepared[key] = prepared
+            while len(_prepared) > limit:
+                _prepared.popitem(last=False)
+    return prepared
+
+
+def prepared_cache_stats() -> dict[str, int]:
+    """Hits, misses and size of this process's prepared-slice cache (tests, benchmarks)."""
+    with _prepared_lock:
+        return {**_prepared_stats, "size": len(_prepared)}
+
+
+def prepared_cache_clear() -> None:
+    with _prepared_lock:
+        _prepared.clear()
+        _prepared_stats.update(hits=0, misses=0)
+
+
+def worker_serves_queue(queue: str) -> bool:
+    """Whether this process consumes `queue`: always in eager mode (every task runs here);
+    in a worker, whether `queue` is among those it was started with (`-Q`)."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return True
+    from celery import current_app
+
+    return queue in (current_app.amqp.queues.consume_from or {})
 
 
 def vector_to_bytes(vector: np.ndarray) -> bytes:

@@ -131,8 +131,82 @@ def slice_radiomics(
     return vec, main
 
 
+def prepare_embeds() -> bool:
+    """Whether the prepare stage computes the embeddings too (`ILDREVIEW_PREPARE_EMBEDS`)."""
+    from retrieval.pipeline.runtime import worker_serves_queue
+
+    mode = str(settings.ILDREVIEW_PREPARE_EMBEDS).strip().lower()
+    if mode in ("true", "1", "yes", "on"):
+        return True
+    if mode in ("false", "0", "no", "off"):
+        return False
+    return worker_serves_queue("gpu")
+
+
+def deep_batch_size(model) -> int:
+    """Slices per backbone forward pass: ILDREVIEW_EMBED_BATCH on a GPU; 2 on the CPU, where
+    larger batches are slower (activations of 8 slices at 512 px spill out of the caches)."""
+    if getattr(model.device, "type", "cpu") == "cuda":
+        return max(1, int(settings.ILDREVIEW_EMBED_BATCH))
+    return 2
+
+
+class _DeepFeatures:
+    """The backbone over slices in a background thread, fed while the caller segments the next
+    slices and computes their radiomics. Torch and most of pyradiomics (SimpleITK, numpy)
+    release the GIL, so on two cores the deep features cost little extra wall time."""
+
+    def __init__(self, model):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.model = model
+        self.batch = deep_batch_size(model)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deep-features")
+        self.pending: list[tuple[int, np.ndarray]] = []
+        self.futures: list[tuple[list[int], object]] = []
+
+    def _run(self, images: list[np.ndarray]) -> np.ndarray:
+        from retrieval.engine.features import FeatureExtractor
+
+        extractor = FeatureExtractor(
+            self.model.backbone,
+            self.model.radiomics,
+            len(images),
+            input_size=self.model.config.get("input_size"),
+        )
+        return extractor.deep(images)
+
+    def _flush(self) -> None:
+        if self.pending:
+            keys = [k for k, _ in self.pending]
+            images = [im for _, im in self.pending]
+            self.futures.append((keys, self.pool.submit(self._run, images)))
+            self.pending = []
+
+    def add(self, key: int, image: np.ndarray) -> None:
+        self.pending.append((key, image))
+        if len(self.pending) >= self.batch:
+            self._flush()
+
+    def result(self) -> dict[int, np.ndarray]:
+        """Deep feature vector of every key added (waits for the thread)."""
+        self._flush()
+        out: dict[int, np.ndarray] = {}
+        try:
+            for keys, future in self.futures:
+                out.update(zip(keys, future.result(), strict=True))
+        finally:
+            self.close()
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def study_prepare(*, study_id: int, run_id: str) -> bool:
-    """Stage 1: lung masks, lung fractions and radiomics of every slice of the study."""
+    """Stage 1: lung masks, lung fractions and radiomics of every slice of the study; with
+    `prepare_embeds()` also the embeddings (backbone in a thread alongside), which leaves the
+    embed stage nothing to do."""
     job = _current_job(study_id=study_id, run_id=run_id)
     if job is None:
         return False
@@ -144,54 +218,85 @@ def study_prepare(*, study_id: int, run_id: str) -> bool:
     if not slices:
         raise PipelineDataError(f"study {study_id} has no slices to process")
     threshold = min_lung_fraction()
-    for i, slice_obj in enumerate(slices):
-        prepared = slice_prepare(slice_obj=slice_obj, size=size)
-        fraction = float(prepared.lung_fraction)
-        rad, main = slice_radiomics(model=model, prepared=prepared, threshold=threshold)
-        with transaction.atomic():
-            Slice.objects.filter(pk=slice_obj.pk).update(lung_fraction=fraction)
-            SliceFeatures.objects.update_or_create(
-                slice_id=slice_obj.pk,
-                model_version=version,
-                defaults={
-                    "lung_fraction": fraction,
-                    "usable": rad is not None,
-                    "radiomics": rad.tobytes() if rad is not None else b"",
-                    "radiomics_main": main,
-                    "embedding": None,
-                },
+    deep = _DeepFeatures(model) if prepare_embeds() else None
+    usable: dict[int, np.ndarray] = {}  # slice id -> raw radiomics
+    try:
+        for i, slice_obj in enumerate(slices):
+            prepared = slice_prepare(slice_obj=slice_obj, size=size)
+            fraction = float(prepared.lung_fraction)
+            if deep is not None and fraction >= threshold:
+                deep.add(slice_obj.pk, prepared.image)  # before radiomics: they overlap
+            rad, main = slice_radiomics(model=model, prepared=prepared, threshold=threshold)
+            if rad is not None:
+                usable[slice_obj.pk] = rad
+            with transaction.atomic():
+                Slice.objects.filter(pk=slice_obj.pk).update(lung_fraction=fraction)
+                SliceFeatures.objects.update_or_create(
+                    slice_id=slice_obj.pk,
+                    model_version=version,
+                    defaults={
+                        "lung_fraction": fraction,
+                        "usable": rad is not None,
+                        "radiomics": rad.tobytes() if rad is not None else b"",
+                        "radiomics_main": main,
+                        "embedding": None,
+                    },
+                )
+            progress(i + 1, len(slices))
+        if deep is not None and usable:
+            features = deep.result()
+            ids = list(usable)
+            vectors = model.embed_features(
+                np.vstack([features[pk] for pk in ids]), np.vstack([usable[pk] for pk in ids])
             )
-        progress(i + 1, len(slices))
+            _embeddings_write(version=version, slice_ids=ids, vectors=vectors)
+    finally:
+        if deep is not None:
+            deep.close()
     prog.stage_done(study_id=study_id, run_id=run_id)
     return True
 
 
+def _embeddings_write(*, version: ModelVersion, slice_ids: list[int], vectors) -> None:
+    with transaction.atomic():
+        for pk, vec in zip(slice_ids, vectors, strict=True):
+            SliceFeatures.objects.filter(slice_id=pk, model_version=version).update(
+                embedding=vector_to_bytes(vec)
+            )
+
+
 def study_embed(*, study_id: int, run_id: str) -> bool:
-    """Stage 2: fused embeddings of the slices with enough lung."""
+    """Stage 2: fused embeddings of the usable slices (enough lung, radiomics computed) that
+    the prepare stage did not embed already (prepare resets every embedding of the run, so
+    one present now belongs to this run)."""
     job = _current_job(study_id=study_id, run_id=run_id)
     if job is None:
         return False
     version = _job_model_version(job)
     progress = prog.stage_start(job=job, stage="embed")
-    model = model_load(model_version=version)
-    size = model_image_size(model)
     feats = list(
         SliceFeatures.objects.filter(
-            model_version=version, slice__series__study_id=study_id, usable=True
+            model_version=version,
+            slice__series__study_id=study_id,
+            usable=True,
+            embedding__isnull=True,
         )
         .select_related("slice")
         .order_by("slice__series__series_number", "slice__series_id", "slice__index")
     )
-    batch = settings.ILDREVIEW_EMBED_BATCH
-    for start in range(0, len(feats), batch):
-        chunk = feats[start : start + batch]
-        prepared = [slice_prepare(slice_obj=f.slice, size=size) for f in chunk]
-        rad = np.vstack([np.frombuffer(bytes(f.radiomics), dtype=np.float64) for f in chunk])
-        vectors = embed_with_radiomics(model=model, prepared=prepared, radiomics=rad)
-        with transaction.atomic():
-            for f, vec in zip(chunk, vectors, strict=True):
-                SliceFeatures.objects.filter(pk=f.pk).update(embedding=vector_to_bytes(vec))
-        progress(start + len(chunk), len(feats))
+    if feats:
+        model = model_load(model_version=version)
+        size = model_image_size(model)
+        batch = settings.ILDREVIEW_EMBED_BATCH
+        for start in range(0, len(feats), batch):
+            chunk = feats[start : start + batch]
+            prepared = [slice_prepare(slice_obj=f.slice, size=size) for f in chunk]
+            rad = np.vstack([np.frombuffer(bytes(f.radiomics), dtype=np.float64) for f in chunk])
+            vectors = embed_with_radiomics(model=model, prepared=prepared, radiomics=rad)
+            _embeddings_write(
+                version=version, slice_ids=[f.slice_id for f in chunk], vectors=vectors
+            )
+            progress(start + len(chunk), len(feats))
     prog.stage_done(study_id=study_id, run_id=run_id)
     return True
 
@@ -199,7 +304,7 @@ def study_embed(*, study_id: int, run_id: str) -> bool:
 def embed_with_radiomics(*, model, prepared: list, radiomics: np.ndarray) -> np.ndarray:
     """Embeddings (N, E) of prepared slices whose raw radiomics were computed already: deep
     features through the backbone, then the model's fusion (`RetrievalModel.embed`)."""
-    return model.embed(prepared, radiomics=radiomics, batch_size=8)
+    return model.embed(prepared, radiomics=radiomics, batch_size=deep_batch_size(model))
 
 
 def study_retrieve(*, study_id: int, run_id: str) -> bool:
@@ -348,18 +453,68 @@ def _media_write(name: str, data: bytes) -> str:
     return saved
 
 
-def cam_pair_png(*, model, size: int, query_slice: Slice, reference_slice: Slice):
+def _stored_slice_vectors(
+    *, slice_ids: list[int], model_version_id: int
+) -> dict[int, tuple[np.ndarray | None, np.ndarray | None]]:
+    """slice id -> (fused embedding, raw radiomics) stored under the version, each None when
+    not stored: query slices keep their embedding on `SliceFeatures`, reference slices in
+    `ReferenceEmbedding`; both keep their raw radiomics on `SliceFeatures`."""
+    from retrieval.models import ReferenceEmbedding
+
+    out: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {
+        pk: (None, None) for pk in slice_ids
+    }
+    rows = SliceFeatures.objects.filter(
+        slice_id__in=slice_ids, model_version_id=model_version_id, usable=True
+    ).values_list("slice_id", "embedding", "radiomics")
+    for pk, emb, rad in rows:
+        out[pk] = (
+            vector_from_bytes(emb) if emb else None,
+            np.frombuffer(bytes(rad), dtype=np.float64) if rad else None,
+        )
+    refs = ReferenceEmbedding.objects.filter(
+        slice_id__in=slice_ids, model_version_id=model_version_id
+    ).values_list("slice_id", "vector")
+    for pk, vec in refs:
+        if out[pk][0] is None:
+            out[pk] = (vector_from_bytes(vec), out[pk][1])
+    return out
+
+
+def cam_pair_png(
+    *,
+    model,
+    size: int,
+    query_slice: Slice,
+    reference_slice: Slice,
+    model_version_id: int | None = None,
+):
     """PNG overlays (query side, reference side) of the similarity CAM of one slice pair: over
-    the query slice towards the reference slice, and the other way round. Each is bounded by
-    its slice's lung mask and transparent below the threshold (`engine.cam.lung_cam_png`):
-    RGBA, laid over the slice by the page."""
-    from retrieval.engine.cam import lung_cam_png, similarity_cam
+    the query slice towards the reference slice, and the other way round, both in one Grad-CAM
+    pass. Each is bounded by its slice's lung mask and transparent below the threshold
+    (`engine.cam.lung_cam_png`): RGBA, laid over the slice by the page.
+
+    With `model_version_id`, the embeddings and raw radiomics the pipeline stored for the two
+    slices under that version are used instead of computing them again (the same values)."""
+    from retrieval.engine.cam import lung_cam_png, similarity_cams
 
     query = slice_prepare(slice_obj=query_slice, size=size)
     ref = slice_prepare(slice_obj=reference_slice, size=size)
-    q_png = lung_cam_png(similarity_cam(model, query, ref), query.mask)
-    r_png = lung_cam_png(similarity_cam(model, ref, query), ref.mask)
-    return q_png, r_png
+    stored = {query_slice.pk: (None, None), reference_slice.pk: (None, None)}
+    if model_version_id is not None:
+        stored = _stored_slice_vectors(
+            slice_ids=[query_slice.pk, reference_slice.pk], model_version_id=model_version_id
+        )
+    q_emb, q_rad = stored[query_slice.pk]
+    r_emb, r_rad = stored[reference_slice.pk]
+    q_heat, r_heat = similarity_cams(
+        model,
+        [query, ref],
+        [ref, query],
+        other_embeddings=[r_emb, q_emb],
+        query_radiomics=[q_rad, r_rad],
+    )
+    return lung_cam_png(q_heat, query.mask), lung_cam_png(r_heat, ref.mask)
 
 
 def similar_case_explain(*, similar_case_id: int) -> bool:
@@ -382,6 +537,7 @@ def similar_case_explain(*, similar_case_id: int) -> bool:
         size=model_image_size(model),
         query_slice=case.query_slice,
         reference_slice=case.reference_slice,
+        model_version_id=result.model_version_id,
     )
     names = {}
     for side, data in (("query", q_png), ("reference", r_png)):
