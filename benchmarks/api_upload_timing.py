@@ -59,7 +59,7 @@ def main() -> int:
             if all(c.get("query_cam_url") and c.get("reference_cam_url") for c in cases):
                 print(f"all CAMs: {time.monotonic() - start:.1f} s")
                 return 0
-        time.sleep(0.5)
+        time.sleep(0.2)
     print("timed out")
     return 1
 

@@ -258,6 +258,8 @@ ILDREVIEW_PREPARED_CACHE_SLICES = env.int("ILDREVIEW_PREPARED_CACHE_SLICES", def
 # do): "auto" when this worker also serves the gpu queue (one machine for both), "true",
 # "false" (keep the network work on the gpu queue's workers).
 ILDREVIEW_PREPARE_EMBEDS = env.str("ILDREVIEW_PREPARE_EMBEDS", default="auto")
+# Load the active model in each worker process when it starts, not at its first study.
+ILDREVIEW_WORKER_WARM_UP = env.bool("ILDREVIEW_WORKER_WARM_UP", default=True)
 # `manage.py bootstrap_model`: backbone weights ("imagenet", "random" for tests, or a file),
 # image size and epochs of the head-only model trained on the approved library.
 ILDREVIEW_BOOTSTRAP_WEIGHTS = env.str("ILDREVIEW_BOOTSTRAP_WEIGHTS", default="imagenet")

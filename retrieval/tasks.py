@@ -15,7 +15,7 @@ import logging
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerOperationalError
@@ -242,3 +242,24 @@ def _recover_on_worker_ready(sender=None, **kwargs):
 
     hostname = getattr(sender, "hostname", None) or ""
     recovery_thread_start(hostname=hostname)
+
+
+@worker_process_init.connect
+def _model_warm_up_on_process_start(**kwargs):
+    """Load the active model in the background as soon as a pool process starts (see
+    `runtime.model_warm_up`); the process takes tasks meanwhile."""
+    if settings.CELERY_TASK_ALWAYS_EAGER or not settings.ILDREVIEW_WORKER_WARM_UP:
+        return
+    import threading
+
+    from django.db import connection
+
+    from retrieval.pipeline.runtime import model_warm_up
+
+    def run():
+        try:
+            model_warm_up()
+        finally:
+            connection.close()  # the thread's own database connection
+
+    threading.Thread(target=run, name="model-warm-up", daemon=True).start()

@@ -73,6 +73,27 @@ def model_load(*, model_version: ModelVersion):
         return model
 
 
+def model_warm_up() -> bool:
+    """Load the active model version into this process (a worker process calls it in a thread
+    when it starts), so that the first study after a start does not wait for torch, the
+    backbone weights and the radiomics extractor (several seconds). A task that needs the
+    model meanwhile waits for this load instead of starting its own. True when a model was
+    loaded; failures are logged, never raised (the task would report them)."""
+    import logging
+
+    from retrieval.selectors import model_version_active
+
+    try:
+        version = model_version_active()
+        if version is None:
+            return False
+        model_load(model_version=version)
+        return True
+    except Exception:
+        logging.getLogger(__name__).exception("model warm-up failed")
+        return False
+
+
 def model_cache_clear() -> None:
     """Forget loaded models (tests; after an artefact folder was rewritten)."""
     with _lock:

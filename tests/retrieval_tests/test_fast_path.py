@@ -165,6 +165,21 @@ def test_auto_mode_embeds_in_prepare_only_where_the_gpu_queue_is_served(settings
     assert not pipeline_stages.prepare_embeds()
 
 
+def test_model_warm_up_loads_the_active_version(active_version):
+    runtime.model_cache_clear()
+    assert runtime.model_warm_up()
+    key = (active_version.pk, active_version.artefact_dir)
+    assert key in runtime._models  # the first study finds it loaded
+    model = runtime._models[key]
+    assert runtime.model_load(model_version=active_version) is model
+
+
+def test_model_warm_up_without_an_active_version_does_nothing(db):
+    runtime.model_cache_clear()
+    assert runtime.model_warm_up() is False
+    assert runtime._models == {}
+
+
 # --- CAMs -------------------------------------------------------------------------------------
 
 
