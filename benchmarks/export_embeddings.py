@@ -15,8 +15,9 @@ The raw GeM vector has 1280 dimensions. The app indexes 128-dimensional embeddin
 served head's `embed_dim`), so the export reduces the L2-normalised deep vectors to `--pca`
 dimensions with a PCA fitted on these same vectors (centred, not whitened) and L2-normalises
 the result -- a frozen-backbone deployment would index the same kind of vector. `--pca 0`
-keeps the raw 1280 dimensions. Next to OUT it writes OUT with `.meta.json`: paths, labels,
-patients, the backbone's weights SHA-256 and the PCA's explained variance.
+keeps the raw 1280 dimensions. Next to OUT it writes OUT with `.deep.npy` (the normalised raw
+vectors) and with `.meta.json`: paths, labels, patients, the backbone's weights SHA-256 and the
+PCA's explained variance.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     deep = np.vstack(parts).astype(np.float32)
     deep /= np.maximum(np.linalg.norm(deep, axis=1, keepdims=True), 1e-12)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out.with_suffix(".deep.npy"), deep)  # the raw vectors, before any reduction
     meta: dict = {
         "manifest": args.manifest.name,
         "backbone": args.backbone,
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": args.size,
         "deep_dim": int(deep.shape[1]),
         "skipped": items.skipped,
-        "paths": [str(Path(p).relative_to(args.manifest.parent)) for p in items.paths],
+        "paths": [os.path.relpath(p, args.manifest.parent.resolve()) for p in items.paths],
         "labels": list(items.labels),
         "patients": list(items.patients),
         "seconds": round(time.perf_counter() - t0, 1),
