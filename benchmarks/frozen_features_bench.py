@@ -39,7 +39,7 @@ per image (torch `--threads`, default 1), timed at the end of every run on the s
 `--timing-images` COVID-CT slices (batches of 8, after a warm-up), summed over the passes a
 variant needs (a mirrored view is a second pass); preparing a slice (read, window, resize, lung
 mask) is the same for all and printed apart. CPU time includes the kernel's (page faults of
-the large 512 px activations: glibc's malloc settings change it, see docs/evaluation.md).
+the large 512 px activations), so it varies with the machine's load; compare within a run.
 
 Writes `<cache>/report.json` and prints the table.
 """
