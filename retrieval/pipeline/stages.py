@@ -8,16 +8,22 @@ go to the `gpu` queue:
   mask), `Slice.lung_fraction`, raw pyradiomics vector + main features (`SliceFeatures`).
   The k-means segmentation is numpy code with no CUDA path, so it runs next to radiomics on
   the cpu queue instead of occupying a GPU worker.
+  Where the worker serves the gpu queue too (one machine; `ILDREVIEW_PREPARE_EMBEDS`), it
+  also computes the embeddings: the backbone runs in a thread on the slices segmented so far
+  while the next ones are segmented and their radiomics computed, which halves the time to
+  results on two cores. Prepared slices stay in a per-process cache (`runtime.slice_prepare`)
+  for the embed stage and the CAM jobs.
 - embed (gpu queue): backbone + GeM deep features and the fusion head -> `SliceFeatures.embedding`
-  for slices with enough lung (`ILDREVIEW_MIN_LUNG_FRACTION`).
+  for slices with enough lung (`ILDREVIEW_MIN_LUNG_FRACTION`) that prepare did not embed.
 - retrieve (cpu queue): incremental index sync + `rank_cases` -> `StudyResult` (votes, suggestion
   or "no close match" under the model's abstain thresholds) + `SimilarCase`;
   the study becomes ready_for_review (`enqueue.study_finish`) at once, and one CAM job per
   retrieved case is published, best rank first (`retrieval.tasks.similar_case_explain`).
 - explain (gpu queue, one task per similar case, after the study is ready): similarity CAM of
-  the case's best slice pair, saved as PNG overlays with deterministic names (written through
-  `_media_write`) and recorded on the `SimilarCase`. The review page shows a "computing"
-  placeholder until then. CAMs were the largest stage; first results no longer wait for them.
+  the case's best slice pair (both directions in one Grad-CAM pass, from the embeddings and
+  radiomics stored for the two slices), saved as PNG overlays with deterministic names
+  (written through `_media_write`) and recorded on the `SimilarCase`. The review page shows a
+  "computing" placeholder until then. First results do not wait for them.
 
 Idempotency: every write is keyed by unique fields (`update_or_create` on (slice, version);
 results deleted and re-created in one transaction; CAM files written under fixed names after
@@ -163,7 +169,7 @@ class _DeepFeatures:
         self.batch = deep_batch_size(model)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deep-features")
         self.pending: list[tuple[int, np.ndarray]] = []
-        self.futures: list[tuple[list[int], object]] = []
+        self.futures: list[tuple[list[int], list[np.ndarray], object]] = []
 
     def _run(self, images: list[np.ndarray]) -> np.ndarray:
         from retrieval.engine.features import FeatureExtractor
@@ -180,7 +186,7 @@ class _DeepFeatures:
         if self.pending:
             keys = [k for k, _ in self.pending]
             images = [im for _, im in self.pending]
-            self.futures.append((keys, self.pool.submit(self._run, images)))
+            self.futures.append((keys, images, self.pool.submit(self._run, images)))
             self.pending = []
 
     def add(self, key: int, image: np.ndarray) -> None:
@@ -193,8 +199,15 @@ class _DeepFeatures:
         self._flush()
         out: dict[int, np.ndarray] = {}
         try:
-            for keys, future in self.futures:
-                out.update(zip(keys, future.result(), strict=True))
+            # The caller has no slices left to segment: it takes the batches the thread has not
+            # started, last first, while the thread works through the first ones, so both cores
+            # work on the backlog (the backbone is the slower half on the CPU).
+            for keys, images, future in reversed(self.futures):
+                if future.cancel():
+                    out.update(zip(keys, self._run(images), strict=True))
+            for keys, _images, future in self.futures:
+                if not future.cancelled():
+                    out.update(zip(keys, future.result(), strict=True))
         finally:
             self.close()
         return out
