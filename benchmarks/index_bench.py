@@ -3,7 +3,7 @@
     python benchmarks/index_bench.py --n 200000 --dim 128 --k 10 --json OUT.json \
         [--queries 500] [--backends exact,lsh-paper,lsh-fixed,lsh,faiss-hnsw,faiss-ivf]
         [--spread 0.5] [--clusters 1000] [--hnsw-max-n N] [--real-embeddings path.npy]
-        [--target-recall 0.95]
+        [--tile-to N --tile-noise 0.5] [--no-share-hnsw] [--target-recall 0.95]
 
 All backends are built and measured in one run on the same vectors and queries. Latency is
 single-query (`index.search(q, k)` with one vector), measured interleaved -- query i is run on
@@ -37,7 +37,17 @@ Data (default): clustered synthetic unit vectors, see retrieval/engine/index/syn
 centres, L2-normalised; queries are fresh draws from the same mixture. The run prints the
 measured intra- and inter-cluster cosines and the queries' true top-1 / top-k cosines so the
 difficulty is visible. With --real-embeddings, the rows of an (N, D) .npy file are used
-instead; `--queries` rows are held out of the index as queries.
+instead; `--queries` rows are held out of the index as queries. With --tile-to N (and
+--tile-noise S, default 0.5) the real rows are tiled instead to N noisy copies (each row plus
+isotropic noise of expected norm S, L2-normalised; `tile_embeddings`) and the queries and tuning
+queries are fresh noise draws around random original rows, never indexed copies; the run prints
+the cosine between copies of one image, to their source and between images
+(`tiling_profile`). Make the .npy with benchmarks/export_embeddings.py.
+
+HNSW built once: when the default (`lsh`) falls back to faiss-hnsw, the `faiss-hnsw` row is a
+copy of that graph (same M and efConstruction, every library vector) with efSearch tuned on this
+run's tuning queries; its build_s is the fallback's recorded graph build time plus the copy and
+tuning. `--no-share-hnsw` builds it again.
 
 Target (issue 10): the default index (`lsh`) reaches recall@10 >= 0.95 with p50 latency
 <= 1/10 of `exact`'s, in the same run; LSH within 2x of HNSW's p50 at equal recall.
