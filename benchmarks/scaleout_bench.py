@@ -102,6 +102,7 @@ def parse_args(argv=None):
     p.add_argument("--weights", default="imagenet")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--library-per-class", type=int, default=4, help="approved cases per diagnosis")
     p.add_argument(
         "--warm",
         action=argparse.BooleanOptionalAction,
@@ -325,7 +326,7 @@ def run(args, env: dict, tmp: Path, workers: list[WorkerProcess]) -> dict:
     t = time.perf_counter()
     patterns = {"Normal": "normal", "IPF-ILD": "reticulation", "ASS-ILD": "ground_glass"}
     for n, (name, pattern) in enumerate(patterns.items()):
-        for j in range(4):
+        for j in range(args.library_per_class):
             synthetic_reference_create(
                 expert=expert,
                 approver=approver,
@@ -338,7 +339,7 @@ def run(args, env: dict, tmp: Path, workers: list[WorkerProcess]) -> dict:
     version = model_version_bootstrap()
     out["setup"] = {
         "model": f"{version.name} ({settings.ILDREVIEW_BACKBONE}, {args.weights}, {args.size} px)",
-        "library_cases": 12,
+        "library_cases": 3 * args.library_per_class,
         "seconds": round(time.perf_counter() - t, 1),
     }
     data_root = Path(settings.ILDREVIEW_REAL_DATA)
