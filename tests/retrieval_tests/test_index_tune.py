@@ -116,3 +116,44 @@ def test_tiny_libraries_are_searched_exactly_and_other_backends_are_built_as_nam
     assert paper.backend == "lsh-paper" and (paper.tables, paper.bits) == (1, 3)
     assert default_backend(5_000) == "exact" and default_backend(1_000_000) == "faiss-hnsw"
     assert build_index("lsh", dim=8).build_info == {}
+
+
+def test_above_the_size_limit_an_lsh_much_slower_than_hnsw_is_not_served():
+    ids, x, q = clustered(3000, 300)
+    # LSH reaches the recall (any speed), but must answer within a vanishing ratio of HNSW's
+    # time on the same held-out sample: the HNSW index built for the comparison is served.
+    strict = TuneOptions(
+        target_recall=TARGET, max_query_fraction=None, compare_hnsw_above=1000, max_hnsw_ratio=1e-9
+    )
+
+    index = build_tuned_index("lsh", ids, x, options=strict)
+
+    info = index.build_info
+    assert index.backend == "faiss-hnsw" and len(index) == len(ids)
+    assert info["backend"] == "faiss-hnsw" and "over 1e-09 x faiss-hnsw" in info["reason"]
+    assert info["lsh_best"]["recall_lower"] >= TARGET
+    assert info["recall_lower"] >= TARGET
+    truth, _ = exact_truth(ids, x, q, k=10)
+    assert recall_at_k(index.search(q, 10)[0], truth) >= TARGET
+
+
+def test_above_the_size_limit_an_lsh_within_the_ratio_of_hnsw_is_served_and_the_comparison_kept():
+    ids, x, _ = clustered(3000, 300)
+    lenient = TuneOptions(
+        target_recall=TARGET, max_query_fraction=None, compare_hnsw_above=1000, max_hnsw_ratio=1e9
+    )
+
+    index = build_tuned_index("lsh", ids, x, options=lenient)
+
+    info = index.build_info
+    assert isinstance(index, LSHIndex) and info["backend"] == "lsh"
+    assert info["hnsw_compared"]["recall_lower"] >= TARGET
+    assert info["hnsw_compared"]["query_ms"] > 0
+
+
+def test_below_the_size_limit_no_hnsw_is_built_for_comparison():
+    ids, x, _ = clustered(3000, 300)
+
+    index = build_tuned_index("lsh", ids, x, options=ANY_SPEED)
+
+    assert index.build_info["backend"] == "lsh" and "hnsw_compared" not in index.build_info
