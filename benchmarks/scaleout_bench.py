@@ -269,13 +269,15 @@ def synthetic_write(*, out: Path, tag: str, slices: int, size: int, seed: int) -
     return out
 
 
-def studies_import(*, args, tmp: Path, sources: list[Source], tag: str, n: int, users) -> list:
-    """Import `n` studies (sources in turn) with the ingestion service, study i uploaded by
-    users[i % len(users)]; returns the studies (not queued yet)."""
+def studies_import(
+    *, args, tmp: Path, sources: list[Source], tag: str, n: int, users, start: int = 0
+) -> list:
+    """Import studies start..start+n-1 (sources in turn) with the ingestion service, study i
+    uploaded by users[i % len(users)]; returns the studies (not queued yet)."""
     from cases.services.ingestion import study_import_paths
 
     studies = []
-    for i in range(n):
+    for i in range(start, start + n):
         folder = tmp / "inputs" / f"{tag}-{i:02d}"
         if sources:
             copies_write(source=sources[i % len(sources)], out=folder, tag=f"{tag}-{i}")
@@ -358,11 +360,20 @@ def run(args, env: dict, tmp: Path, workers: list[WorkerProcess]) -> dict:
         ok = True
         for k, config in enumerate(args.configs.split(",")):
             n_workers, threads = (int(v) for v in config.lower().split("x"))
-            studies = studies_import(
-                args=args, tmp=tmp, sources=sources, tag=f"c{k}", n=args.studies, users=users
-            )
+
+            def studies_make(k=k):
+                return studies_import(
+                    args=args, tmp=tmp, sources=sources, tag=f"c{k}", n=args.studies, users=users
+                )
+
             res = throughput_run(
-                args, env, tmp, workers, studies=studies, n_workers=n_workers, threads=threads
+                args,
+                env,
+                tmp,
+                workers,
+                studies_make=studies_make,
+                n_workers=n_workers,
+                threads=threads,
             )
             res["config"] = config
             out["configs"].append(res)
@@ -499,12 +510,15 @@ def workers_warm(started: list[WorkerProcess], *, label: str, timeout: float) ->
     raise RuntimeError(f"a worker never ran every stage during the warm-up: {tasks}")
 
 
-def throughput_run(args, env, tmp, workers, *, studies, n_workers: int, threads: int) -> dict:
+def throughput_run(args, env, tmp, workers, *, studies_make, n_workers: int, threads: int) -> dict:
     from retrieval.models import StudyJob
 
     label = f"{n_workers}x{threads}"
     started = workers_start(env, tmp, workers, n=n_workers, threads=threads, label=label)
     warm_s = workers_warm(started, label=label, timeout=args.timeout) if args.warm else None
+    # Imported now, not before the warm-up: a study left `uploaded` for
+    # ILDREVIEW_UPLOADED_GRACE_S would be queued by the recovery sweep on its own.
+    studies = studies_make()
     skip = [len(w.log.read_text(errors="replace")) for w in started]
     cpu0 = [u["cpu_s"] for u in usage(started)]
     ids = [s.pk for s in studies]
@@ -576,22 +590,29 @@ def memory_run(args, env, tmp, workers, users, data_root: Path) -> dict:
     if not args.synthetic:
         big = real_sources(data_root=data_root, slices=0, series=[MEMORY_SERIES])
         small = real_sources(data_root=data_root, slices=args.slices)
-    if big:
-        first = studies_import(args=args, tmp=tmp, sources=big, tag="m64", n=1, users=users)
-    else:
-        saved = args.slices
-        args.slices = 64
-        first = studies_import(args=args, tmp=tmp, sources=[], tag="m64", n=1, users=users)
-        args.slices = saved
-    rest = studies_import(
-        args=args, tmp=tmp, sources=small, tag="m", n=args.memory_studies, users=users
-    )
+
+    def study_next(k: int):
+        """Study k, imported just before it is queued, as an upload is: a study left
+        `uploaded` for ILDREVIEW_UPLOADED_GRACE_S would be queued by the recovery sweep."""
+        if k > 0:
+            return studies_import(
+                args=args, tmp=tmp, sources=small, tag="m", n=1, users=users, start=k - 1
+            )[0]
+        if big:
+            return studies_import(args=args, tmp=tmp, sources=big, tag="m64", n=1, users=users)[0]
+        saved, args.slices = args.slices, 64
+        try:
+            return studies_import(args=args, tmp=tmp, sources=[], tag="m64", n=1, users=users)[0]
+        finally:
+            args.slices = saved
+
     threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
     started = workers_start(env, tmp, workers, n=1, threads=threads, label="memory")
     after_start = usage(started)[0]
     rows = []
     ok = True
-    for k, study in enumerate(first + rest):
+    for k in range(1 + args.memory_studies):
+        study = study_next(k)
         t0 = time.perf_counter()
         study_enqueue(study)
         peak = 0.0
