@@ -322,7 +322,11 @@ def build_one(label, backend, params, x, ids, tq, tq_truth, args, shared_hnsw=No
             ids,
             x,
             seed=args.seed,
-            options=TuneOptions(target_recall=target, k=k, max_query_fraction=None),
+            # LSH's own cost at the recall: neither the speed condition nor the comparison
+            # with HNSW that the default makes above EXACT_MAX_N.
+            options=TuneOptions(
+                target_recall=target, k=k, max_query_fraction=None, compare_hnsw_above=None
+            ),
         )
         info = index.build_info
         extra["tuning"] = {key: v for key, v in info.items() if key not in ("trials", "options")}
