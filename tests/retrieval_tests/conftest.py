@@ -25,3 +25,16 @@ def _fresh_process_caches(settings, tmp_path):
     yield
     index_forget()
     model_cache_clear()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test: small tensors on 2 shared cores run many times
+    slower with torch's thread pool (OpenMP spinning). Modules that run models opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

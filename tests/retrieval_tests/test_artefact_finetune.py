@@ -16,15 +16,9 @@ from retrieval.engine.preprocess import PreparedSlice
 from retrieval.engine.radiomics import RadiomicsExtractor
 from tests.retrieval_tests.test_finetune import textures
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TUNED_SIZE = 48
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ from retrieval.engine.backbones import (
     images_to_tensor,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spinning on 2 busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_gem_with_p_one_is_average_pooling_and_p_is_learnable():

@@ -13,14 +13,7 @@ from retrieval.engine.features import FeatureCache, FeatureExtractor
 from retrieval.engine.preprocess import prepare_slice, window_hu
 from retrieval.engine.radiomics import RadiomicsExtractor
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spinning on 2 busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,7 @@ TAIL_PREFIXES = (
     "target_layer.",
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def textures(*, patients: int = 10, per_patient: int = 4, seed: int = 0):

@@ -7,14 +7,7 @@ import torch
 
 from retrieval.engine.fusion import ILDFFN, ProjectionHead, head_from_spec, head_spec
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spinning on 2 busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_ildffn_output_is_l2_normalised_embedding():

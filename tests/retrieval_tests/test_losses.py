@@ -9,14 +9,7 @@ import torch
 
 from retrieval.engine.losses import PaperContrastiveLoss, SupConLoss
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spinning on 2 busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_paper_loss_is_squared_positive_distance_plus_hinged_negatives():

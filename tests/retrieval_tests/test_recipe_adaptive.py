@@ -14,13 +14,7 @@ from retrieval.engine.preprocess import prepare_slice
 from retrieval.engine.recipe import RecipeConfig, train_retrieval_model
 from retrieval.engine.training import TrainConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +31,7 @@ def library():
 
 
 @pytest.mark.slow
-def test_recipe_trains_the_adaptive_embedding_and_stores_choice_and_thresholds(
-    tmp_path, library
-):
+def test_recipe_trains_the_adaptive_embedding_and_stores_choice_and_thresholds(tmp_path, library):
     slices, labels, patients = library
     torch.manual_seed(0)
     config = RecipeConfig(weights="random", size=64, train=TrainConfig(seed=0), device="cpu")

@@ -25,18 +25,7 @@ from retrieval.pipeline.synthetic import synthetic_study_create
 from retrieval.services import review_cam_name
 from tests.retrieval_tests.pipeline_fixtures import LIBRARY, SIZE
 
-pytestmark = [pytest.mark.django_db, pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """torch's thread pool on 2 shared cores is many times slower than one thread."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.django_db, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture

@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from retrieval.engine import metrics
 from retrieval.engine.fusion import AdaptiveEmbedding, head_embed, head_from_spec, head_spec
 from retrieval.engine.selection import SelectionConfig, select_embedding
 from retrieval.engine.training import TrainConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spinning on 2 busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _patients_data(*, deep_signal: float, rad_signal: float, seed: int = 0):
