@@ -317,27 +317,17 @@ def run(args, env: dict, tmp: Path, workers: list[WorkerProcess]) -> dict:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    from cases.models import Diagnosis
     from retrieval.pipeline.reference import model_version_bootstrap
-    from retrieval.pipeline.synthetic import synthetic_reference_create
+    from retrieval.pipeline.synthetic import synthetic_library_create
 
     out: dict = {"load_before": os.getloadavg()}
     User = get_user_model()
     expert, approver = User.objects.create(username="e1"), User.objects.create(username="e2")
     users = [User.objects.create(username=f"clinician{i:02d}") for i in range(args.studies)]
     t = time.perf_counter()
-    patterns = {"Normal": "normal", "IPF-ILD": "reticulation", "ASS-ILD": "ground_glass"}
-    for n, (name, pattern) in enumerate(patterns.items()):
-        for j in range(args.library_per_class):
-            synthetic_reference_create(
-                expert=expert,
-                approver=approver,
-                diagnosis=Diagnosis.objects.get(name=name),
-                pattern=pattern,
-                slices=3,
-                size=args.size,
-                seed=10 * n + j,
-            )
+    synthetic_library_create(
+        expert=expert, approver=approver, per_class=args.library_per_class, size=args.size
+    )
     version = model_version_bootstrap()
     out["setup"] = {
         "model": f"{version.name} ({settings.ILDREVIEW_BACKBONE}, {args.weights}, {args.size} px)",

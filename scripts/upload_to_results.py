@@ -123,12 +123,12 @@ def run(args, worker) -> int:
     from django.db.models import Q
 
     call_command("migrate", verbosity=0)
-    from cases.models import Diagnosis, Slice, Study
+    from cases.models import Slice, Study
     from cases.services.ingestion import study_import_paths
     from retrieval.models import SimilarCase, StudyJob
     from retrieval.pipeline.enqueue import study_enqueue_processing
     from retrieval.pipeline.reference import model_version_bootstrap
-    from retrieval.pipeline.synthetic import synthetic_reference_create
+    from retrieval.pipeline.synthetic import synthetic_library_create
 
     folder = Path(settings.ILDREVIEW_REAL_DATA) / "lung-pet-ct-dx" / args.study
     if args.series:
@@ -139,19 +139,7 @@ def run(args, worker) -> int:
     User = get_user_model()
     expert, approver = User.objects.create(username="e1"), User.objects.create(username="e2")
     clinician = User.objects.create(username="c1")
-    for n, (name, pattern) in enumerate(
-        {"Normal": "normal", "IPF-ILD": "reticulation", "ASS-ILD": "ground_glass"}.items()
-    ):
-        for j in range(3):
-            synthetic_reference_create(
-                expert=expert,
-                approver=approver,
-                diagnosis=Diagnosis.objects.get(name=name),
-                pattern=pattern,
-                slices=3,
-                size=args.size,
-                seed=10 * n + j,
-            )
+    synthetic_library_create(expert=expert, approver=approver, per_class=3, size=args.size)
     t = time.perf_counter()
     version = model_version_bootstrap()
     print(

@@ -146,36 +146,30 @@ def run(args, worker: WorkerProcess) -> dict:
     from django.db import transaction
 
     call_command("migrate", verbosity=0)
-    from cases.models import Diagnosis, Study
+    from cases.models import Study
     from retrieval.pipeline.enqueue import study_enqueue_processing
     from retrieval.pipeline.reference import model_version_bootstrap
-    from retrieval.pipeline.synthetic import synthetic_reference_create, synthetic_study_create
+    from retrieval.pipeline.synthetic import (
+        LIBRARY_PATTERNS,
+        synthetic_library_create,
+        synthetic_study_create,
+    )
 
     User = get_user_model()
     expert = User.objects.create(username="expert1")
     approver = User.objects.create(username="expert2")
     clinician = User.objects.create(username="clinician")
     t0 = time.perf_counter()
-    patterns = {"Normal": "normal", "IPF-ILD": "reticulation", "ASS-ILD": "ground_glass"}
-    for n, (name, pattern) in enumerate(patterns.items()):
-        dx = Diagnosis.objects.get(name=name)
-        for j in range(2):
-            synthetic_reference_create(
-                expert=expert,
-                approver=approver,
-                diagnosis=dx,
-                pattern=pattern,
-                slices=3,
-                size=args.size,
-                seed=100 + 10 * n + j,
-            )
+    synthetic_library_create(
+        expert=expert, approver=approver, per_class=2, size=args.size, seed_base=100
+    )
     version = model_version_bootstrap()
     setup_s = time.perf_counter() - t0
     studies = []
     for i in range(args.studies):
         study = synthetic_study_create(
             uploaded_by=clinician,
-            pattern=list(patterns.values())[i % 3],
+            pattern=list(LIBRARY_PATTERNS.values())[i % 3],
             slices=args.slices,
             size=args.size,
             seed=i,

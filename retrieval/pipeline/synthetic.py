@@ -135,3 +135,31 @@ def synthetic_reference_create(
         approved_by=approver,
         decided_at=timezone.now(),
     )
+
+
+# The three phantom patterns the scripts' reference libraries use, by diagnosis name.
+LIBRARY_PATTERNS = {"Normal": "normal", "IPF-ILD": "reticulation", "ASS-ILD": "ground_glass"}
+
+
+def synthetic_library_create(
+    *, expert, approver, per_class: int, size: int, seed_base: int = 0
+) -> list[ReferenceCase]:
+    """`per_class` approved 3-slice reference cases of each pattern of `LIBRARY_PATTERNS`
+    (seeds `seed_base + 10 * class + j`): the small library benchmarks and worker checks
+    bootstrap a model on. No index sync."""
+    cases = []
+    for n, (name, pattern) in enumerate(LIBRARY_PATTERNS.items()):
+        diagnosis = Diagnosis.objects.get(name=name)
+        for j in range(per_class):
+            cases.append(
+                synthetic_reference_create(
+                    expert=expert,
+                    approver=approver,
+                    diagnosis=diagnosis,
+                    pattern=pattern,
+                    slices=3,
+                    size=size,
+                    seed=seed_base + 10 * n + j,
+                )
+            )
+    return cases
