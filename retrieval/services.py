@@ -245,6 +245,7 @@ def review_cam_compute(
         size=model_image_size(model),
         query_slice=Slice.objects.get(pk=query_slice_id),
         reference_slice=Slice.objects.get(pk=reference_slice_id),
+        model_version_id=model_version_id,  # the vectors the pipeline stored, not recomputed
     )
     for side, data in zip(CAM_SIDES, pngs, strict=True):
         _storage_put(names[side], data)
