@@ -224,7 +224,9 @@ def _aggregate(used: list[list[SliceHit]], aggregate: str) -> list[CaseHit]:
             CaseHit(
                 case_id=case_id,
                 label=label,
-                score=float(score),
+                # Rounded so that the stored and shown scores descend with the rank (the
+                # tie-break below orders scores equal to SCORE_DECIMALS by case id).
+                score=round(float(score), SCORE_DECIMALS),
                 best_slice_id=slice_id,
                 query_slice_index=qi,
                 n_hits=n_hits[case_id],
@@ -235,7 +237,7 @@ def _aggregate(used: list[list[SliceHit]], aggregate: str) -> list[CaseHit]:
     # the last bits) rank by case id, so the same query gives the same order every time.
     cases.sort(
         key=lambda c: (
-            -round(c.score, SCORE_DECIMALS),
+            -c.score,
             -round(c.best_score, SCORE_DECIMALS),
             c.case_id,
         )

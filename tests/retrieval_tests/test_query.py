@@ -194,3 +194,17 @@ def test_hits_without_metadata_are_skipped_and_an_empty_index_gives_no_cases(two
     empty = build_index("exact", dim=DIM)
     none = rank_cases(query_vectors=queries, index=empty, slice_meta={}, k_cases=3)
     assert none.cases == [] and none.suggested_label is None and none.votes == {}
+
+
+def test_cases_whose_scores_differ_only_in_float_noise_rank_by_case_id_with_descending_scores():
+    # Two cases at cosines 0.9987141 and 0.9987106 to the query: equal to SCORE_DECIMALS, so
+    # the tie-break by case id decides, and the scores shown must still descend with the rank.
+    def at(cos: float, axis: int) -> np.ndarray:
+        return _unit((0, cos), (axis, float(np.sqrt(1 - cos * cos))))
+
+    index, meta = _index([(10, 7, "UIP", at(0.9987106, 1)), (20, 9, "UIP", at(0.9987141, 2))])
+    result = rank_cases(query_vectors=_unit((0, 1.0))[None, :], index=index, slice_meta=meta)
+
+    assert [c.case_id for c in result.cases] == [7, 9]
+    scores = [c.score for c in result.cases]
+    assert scores == sorted(scores, reverse=True)
