@@ -68,6 +68,14 @@ from benchmarks.covid_ct_md_report import MAP_K, chance, summarise, table  # noq
 MIN_LUNG_FRACTION = 0.05  # the app's default ILDREVIEW_MIN_LUNG_FRACTION
 MAX_SLICES_PER_CASE = 16  # the bootstrap's training cap (retrieval/pipeline/bootstrap.py)
 SIZE = 512
+# Physical field of view (mm) every slice is resampled to (--fov-mm); None: whole image resized.
+FOV_MM: float | None = None
+
+
+def _fov_tag() -> str:
+    return f"fov{FOV_MM:g}:" if FOV_MM else ""
+
+
 K_SLICES = 20  # rank_cases default, as the app
 INFECTION_PATIENTS = ("P001", "P002", "cap001", "cap002")
 ROWS = ("radiomics_only", "deep_only", "headline", "ildffn_head")
@@ -159,8 +167,9 @@ def uids_repair(rows: list[SliceRow], work_dir: Path) -> list[str]:
     return repaired
 
 
-def series_hu(rows: list[SliceRow]) -> dict[Path, np.ndarray]:
-    """HU of each file, read and checked as one uploaded series per patient."""
+def series_hu(rows: list[SliceRow]) -> dict[Path, object]:
+    """The read instance (HU and pixel spacing) of each file, read and checked as one uploaded
+    series per patient."""
     from cases.dicom.reading import ct_instance_read, ct_studies_group
 
     out = {}
@@ -173,19 +182,28 @@ def series_hu(rows: list[SliceRow]) -> dict[Path, np.ndarray]:
         if len(studies) != 1 or len(studies[0].series) != 1:
             raise SystemExit(f"{patient}: expected one series, got {len(studies)} studies")
         for r, inst in zip(members, instances, strict=True):
-            out[r.path] = inst.hu
+            out[r.path] = inst
     return out
+
+
+def _prepare(inst, size: int):
+    """`prepare_slice` of a read DICOM instance, normalised to `FOV_MM` when it is set."""
+    from retrieval.engine.preprocess import prepare_slice
+
+    return prepare_slice(
+        inst.hu, is_windowed=False, size=size, pixel_spacing=inst.pixel_spacing, fov_mm=FOV_MM
+    )
 
 
 def features_extract(rows: list[SliceRow], extractor, cache, progress: bool) -> None:
     """Deep and radiomics features of every row (through the cache), as the app computes them."""
     from retrieval.engine.features import CachedFeatures
-    from retrieval.engine.preprocess import prepare_slice
     from retrieval.engine.radiomics import RadiomicsError
 
     keys = {
         r.path: extractor.cache_key(
-            source="dicom-hu:" + hashlib.sha256(r.path.read_bytes()).hexdigest(), size=SIZE
+            source=f"dicom-hu:{_fov_tag()}" + hashlib.sha256(r.path.read_bytes()).hexdigest(),
+            size=SIZE,
         )
         for r in rows
     }
@@ -199,7 +217,7 @@ def features_extract(rows: list[SliceRow], extractor, cache, progress: bool) -> 
     if todo:
         hu = series_hu(todo)
         for n, r in enumerate(todo, start=1):
-            prepared = prepare_slice(hu.pop(r.path), is_windowed=False, size=SIZE)
+            prepared = _prepare(hu.pop(r.path), SIZE)
             rad = np.full(len(extractor.radiomics.feature_names), np.nan)
             if prepared.lung_fraction >= MIN_LUNG_FRACTION:
                 try:
@@ -235,7 +253,6 @@ def trained_model(library: list[SliceRow], args, frozen_sha: str, embedding: str
     """The recipe's model (`embedding` "adaptive": the headline, "head": the ILD-FFN head)
     trained on the library; (None, {"skipped": reason}) when it cannot train."""
     from cases.dicom.reading import ct_instance_read
-    from retrieval.engine.preprocess import prepare_slice
     from retrieval.engine.recipe import RecipeConfig, train_retrieval_model
     from retrieval.engine.training import TrainConfig
 
@@ -249,10 +266,7 @@ def trained_model(library: list[SliceRow], args, frozen_sha: str, embedding: str
             idx = np.linspace(0, len(usable) - 1, MAX_SLICES_PER_CASE).round().astype(int)
             usable = [usable[i] for i in idx]
         picks.extend(usable)
-    prepared = [
-        prepare_slice(ct_instance_read(path=r.read_path).hu, is_windowed=False, size=SIZE)
-        for r in picks
-    ]
+    prepared = [_prepare(ct_instance_read(path=r.read_path), SIZE) for r in picks]
     on_gpu = args.device.startswith("cuda")
     config = RecipeConfig(
         size=SIZE,
@@ -304,13 +318,9 @@ def embed(row_name: str, rows: list[SliceRow], library: list[SliceRow], model) -
     if info["frozen_backbone"]:  # the very features the cache holds: no second forward pass
         return net.embed_features(np.vstack([r.deep for r in rows]), rad)
     from cases.dicom.reading import ct_instance_read
-    from retrieval.engine.preprocess import prepare_slice
 
     size = int(net.config.get("size", SIZE))
-    prepared = [
-        prepare_slice(ct_instance_read(path=r.read_path).hu, is_windowed=False, size=size)
-        for r in rows
-    ]
+    prepared = [_prepare(ct_instance_read(path=r.read_path), size) for r in rows]
     return net.embed(prepared, radiomics=rad, batch_size=8)
 
 
@@ -415,7 +425,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument(
+        "--fov-mm",
+        type=float,
+        default=None,
+        help="resample every slice to this physical field of view before preparation "
+        "(retrieval.engine.geometry); default: the whole image resized, as the app did",
+    )
     args = parser.parse_args(argv)
+    global FOV_MM
+    FOV_MM = args.fov_mm
 
     import torch
 
@@ -474,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": args.epochs,
             "index": "exact",
             "train_slices_per_case": MAX_SLICES_PER_CASE,
+            "fov_mm": FOV_MM,
         },
         "machine": _machine(args.device, args.threads),
         "wall_s": round(wall, 1),

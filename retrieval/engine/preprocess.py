@@ -91,6 +91,9 @@ class PreparedSlice:
     mask: np.ndarray
     lung_fraction: float
     mask_fallback: bool = False
+    # The source square this slice shows when it was normalised to a physical field of view
+    # (`geometry.Frame`); None when the whole source was letter-boxed and resized.
+    frame: object | None = None
 
 
 def window_hu(hu: np.ndarray, *, level: float = -500.0, width: float = 1500.0) -> np.ndarray:
@@ -354,14 +357,27 @@ def prepare_slice(
     size: int = 512,
     level: float = -500.0,
     width: float = 1500.0,
+    pixel_spacing: tuple[float, float] | None = None,
+    fov_mm: float | None = None,
 ) -> PreparedSlice:
     """HU (int16) -> window -> resize -> mask; or 8-bit windowed (uint8 / 0..255; float in
-    [0, 1] is taken as is) -> /255 -> resize -> mask. RGB(A) is converted to grey."""
+    [0, 1] is taken as is) -> /255 -> resize -> mask. RGB(A) is converted to grey.
+
+    With `fov_mm` and the slice's `pixel_spacing` (DICOM's row, column spacing in mm), a
+    Hounsfield-unit slice is first resampled to the `fov_mm` square centred on the body
+    (`geometry`), so every such slice shows the same millimetres per pixel; the frame is kept
+    in `PreparedSlice.frame`. 8-bit images are never resampled."""
     arr = np.asarray(pixels)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = _rgb_to_grey(arr)
     if arr.ndim != 2 or arr.size == 0:
         raise ValueError(f"expected a 2-D slice, got shape {arr.shape}")
+    frame = None
+    if fov_mm and pixel_spacing is not None and not is_windowed:
+        from retrieval.engine.geometry import fov_frame, fov_sample
+
+        frame = fov_frame(arr, pixel_spacing=pixel_spacing, fov_mm=fov_mm)
+        arr = fov_sample(arr, frame)
     image01 = _to_unit_range(arr) if is_windowed else window_hu(arr, level=level, width=width)
     image = resize_to(image01, size=size)
     mask = lung_mask(image, is_windowed=is_windowed)
@@ -369,7 +385,9 @@ def prepare_slice(
     fell_back = fraction < FALLBACK_FRACTION
     if fell_back:
         mask = fallback_mask(image)
-    return PreparedSlice(image=image, mask=mask, lung_fraction=fraction, mask_fallback=fell_back)
+    return PreparedSlice(
+        image=image, mask=mask, lung_fraction=fraction, mask_fallback=fell_back, frame=frame
+    )
 
 
 def _rgb_to_grey(arr: np.ndarray) -> np.ndarray:
