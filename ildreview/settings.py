@@ -195,6 +195,11 @@ ILDREVIEW_BACKBONE = env.str("ILDREVIEW_BACKBONE", default="efficientnet_lite0")
 ILDREVIEW_RESNET50_WEIGHTS = env.str("ILDREVIEW_RESNET50_WEIGHTS", default="")
 ILDREVIEW_MODEL_DIR = env.path("ILDREVIEW_MODEL_DIR", default=VAR_DIR / "models")
 ILDREVIEW_MIN_LUNG_FRACTION = env.float("ILDREVIEW_MIN_LUNG_FRACTION", default=0.05)
+# Physical field of view (mm) that DICOM slices are resampled to before preparation
+# (retrieval/engine/geometry.py), so that every scanner's slices show the same millimetres per
+# pixel. Recorded in each model trained from then on; a model keeps its own value.
+# 0 / empty: slices are resized whole.
+ILDREVIEW_FOV_MM = env.float("ILDREVIEW_FOV_MM", default=0.0) or None
 
 # Celery: Redis when CELERY_BROKER_URL is set; otherwise kombu's filesystem transport under
 # var/broker so that a local install needs no broker (folders made when first needed,

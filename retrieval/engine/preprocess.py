@@ -94,6 +94,7 @@ class PreparedSlice:
     # The source square this slice shows when it was normalised to a physical field of view
     # (`geometry.Frame`); None when the whole source was letter-boxed and resized.
     frame: object | None = None
+    source_shape: tuple[int, int] | None = None  # (rows, columns) of the source, with `frame`
 
 
 def window_hu(hu: np.ndarray, *, level: float = -500.0, width: float = 1500.0) -> np.ndarray:
@@ -372,10 +373,11 @@ def prepare_slice(
         arr = _rgb_to_grey(arr)
     if arr.ndim != 2 or arr.size == 0:
         raise ValueError(f"expected a 2-D slice, got shape {arr.shape}")
-    frame = None
+    frame = source_shape = None
     if fov_mm and pixel_spacing is not None and not is_windowed:
         from retrieval.engine.geometry import fov_frame, fov_sample
 
+        source_shape = (int(arr.shape[0]), int(arr.shape[1]))
         frame = fov_frame(arr, pixel_spacing=pixel_spacing, fov_mm=fov_mm)
         arr = fov_sample(arr, frame)
     image01 = _to_unit_range(arr) if is_windowed else window_hu(arr, level=level, width=width)
@@ -386,7 +388,12 @@ def prepare_slice(
     if fell_back:
         mask = fallback_mask(image)
     return PreparedSlice(
-        image=image, mask=mask, lung_fraction=fraction, mask_fallback=fell_back, frame=frame
+        image=image,
+        mask=mask,
+        lung_fraction=fraction,
+        mask_fallback=fell_back,
+        frame=frame,
+        source_shape=source_shape,
     )
 
 

@@ -40,6 +40,9 @@ class RecipeConfig:
     weights: str = "imagenet"  # "imagenet" | "random" | path to a weight file
     imagenet_file: str | None = None  # see build_backbone
     size: int = 512  # side the slices were prepared at (recorded for embedding later)
+    # Physical field of view (mm) DICOM slices were resampled to (`geometry`); recorded so that
+    # serving prepares slices the same way. None: slices resized whole.
+    fov_mm: float | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     feature_batch: int = 16  # slices per backbone forward pass
     device: str | None = None  # None: CUDA when available
@@ -134,7 +137,12 @@ def train_retrieval_model(
         standardizer=standardizer,
         head=head,
         class_names=class_names,
-        config={**asdict(config.train), "size": config.size, "weights": backbone.weights_source},
+        config={
+            **asdict(config.train),
+            "size": config.size,
+            "fov_mm": config.fov_mm,
+            "weights": backbone.weights_source,
+        },
         metrics=metrics,
     )
 
@@ -180,6 +188,7 @@ def _adaptive_model(
             "selection": selection,
             "abstain": sel.thresholds,
             "size": config.size,
+            "fov_mm": config.fov_mm,
             "weights": backbone.weights_source,
         },
         metrics={

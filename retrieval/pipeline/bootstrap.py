@@ -37,7 +37,7 @@ def library_prepare(
     for n, rc in enumerate(cases):
         usable = []
         for s in Slice.objects.filter(series__study_id=rc.study_id).order_by("series_id", "index"):
-            p = slice_prepare(slice_obj=s, size=size)
+            p = slice_prepare(slice_obj=s, size=size, fov_mm=settings.ILDREVIEW_FOV_MM)
             if p.lung_fraction >= settings.ILDREVIEW_MIN_LUNG_FRACTION:
                 usable.append(p)
         if len(usable) > MAX_SLICES_PER_CASE:
@@ -101,6 +101,7 @@ def library_recipe_config(*, backbone_name: str, weights: str, size: int, epochs
         weights=weights,
         imagenet_file=settings.ILDREVIEW_RESNET50_WEIGHTS,
         size=size,
+        fov_mm=settings.ILDREVIEW_FOV_MM,
         train=TrainConfig(
             epochs=epochs,
             mode="head",

@@ -16,9 +16,16 @@ import inspect
 import logging
 from pathlib import Path
 
+from django.conf import settings
+
 from cases.models import ReferenceCase
 from retrieval.models import ModelVersion
-from retrieval.pipeline.runtime import PipelineDataError, model_image_size, model_load
+from retrieval.pipeline.runtime import (
+    PipelineDataError,
+    model_fov_mm,
+    model_image_size,
+    model_load,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +102,13 @@ def gate_table(
         except PipelineDataError as exc:
             notes.append(f"active version {active.name} not scored: {exc}")
         else:
-            if model_image_size(model) == int(size):
+            if model_fov_mm(model) != settings.ILDREVIEW_FOV_MM:
+                notes.append(
+                    f"active version {active.name} not scored: it resamples DICOM slices to "
+                    f"field of view {model_fov_mm(model)} mm, this recipe "
+                    f"{settings.ILDREVIEW_FOV_MM} mm"
+                )
+            elif model_image_size(model) == int(size):
                 active_model, active_name = model, active.name
             else:
                 notes.append(

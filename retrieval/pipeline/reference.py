@@ -29,6 +29,7 @@ from cases.models import ReferenceCase, Slice
 from retrieval.models import ModelVersion, ReferenceEmbedding, SliceFeatures
 from retrieval.pipeline.runtime import (
     PipelineDataError,
+    model_fov_mm,
     model_image_size,
     model_load,
     slice_prepare,
@@ -59,7 +60,7 @@ def reference_case_embed(*, reference_case: ReferenceCase, model_version: ModelV
     keep: list[tuple[Slice, object, np.ndarray, dict]] = []
     fractions: dict[int, float] = {}
     for slice_obj in _case_slices(reference_case):
-        prepared = slice_prepare(slice_obj=slice_obj, size=size)
+        prepared = slice_prepare(slice_obj=slice_obj, size=size, fov_mm=model_fov_mm(model))
         fractions[slice_obj.pk] = float(prepared.lung_fraction)
         rad, main = slice_radiomics(model=model, prepared=prepared, threshold=min_lung_fraction())
         if rad is not None:

@@ -112,6 +112,22 @@ def model_image_size(model) -> int:
     return int(config.get("size") or config.get("image_size") or 512)
 
 
+def model_fov_mm(model) -> float | None:
+    """Physical field of view (mm) the model's DICOM slices are resampled to before
+    preparation (config `fov_mm`, recorded at training from `ILDREVIEW_FOV_MM`); None for
+    models trained without it, whose slices are resized whole (`engine.geometry`)."""
+    config = getattr(model, "config", None) or {}
+    value = config.get("fov_mm")
+    return float(value) if value else None
+
+
+def _series_spacing(slice_obj: Slice) -> tuple[float, float] | None:
+    series = slice_obj.series
+    if series.pixel_spacing_row and series.pixel_spacing_col:
+        return (float(series.pixel_spacing_row), float(series.pixel_spacing_col))
+    return None
+
+
 @dataclass
 class SlicePixels:
     """The stored pixels of one slice and whether they are already windowed (8-bit)."""
@@ -143,7 +159,7 @@ _prepared: OrderedDict[tuple, object] = OrderedDict()
 _prepared_stats = {"hits": 0, "misses": 0}
 
 
-def _prepared_key(slice_obj: Slice, size: int) -> tuple:
+def _prepared_key(slice_obj: Slice, size: int, fov_mm: float | None = None) -> tuple:
     # A slice's pixels are written once, at upload. The file's path, size and modification
     # time still go into the key, so that a row id and file name used again (another media
     # folder, a database restored or rolled back) never gets another slice's pixels.
@@ -154,16 +170,18 @@ def _prepared_key(slice_obj: Slice, size: int) -> tuple:
         where: tuple = (path, stat.st_size, stat.st_mtime_ns)
     except (NotImplementedError, OSError):
         where = (name,)  # not a local file (object storage): the name is all we have
-    return (slice_obj.pk, *where, bool(slice_obj.is_windowed), int(size))
+    return (slice_obj.pk, *where, bool(slice_obj.is_windowed), int(size), fov_mm or None)
 
 
-def slice_prepare(*, slice_obj: Slice, size: int):
+def slice_prepare(*, slice_obj: Slice, size: int, fov_mm: float | None = None):
     """Engine `PreparedSlice` (windowed image, lung mask, lung fraction) of a stored slice,
-    from this process's cache when it prepared the slice recently (arrays are read-only)."""
+    from this process's cache when it prepared the slice recently (arrays are read-only).
+    With `fov_mm` (the model's, `model_fov_mm`) a slice whose series has a pixel spacing is
+    resampled to that physical field of view first."""
     from retrieval.engine.preprocess import prepare_slice
 
     limit = int(settings.ILDREVIEW_PREPARED_CACHE_SLICES)
-    key = _prepared_key(slice_obj, size)
+    key = _prepared_key(slice_obj, size, fov_mm)
     with _prepared_lock:
         cached = _prepared.get(key)
         if cached is not None:
@@ -172,7 +190,10 @@ def slice_prepare(*, slice_obj: Slice, size: int):
             return cached
         _prepared_stats["misses"] += 1
     px = slice_pixels_load(slice_obj=slice_obj)
-    prepared = prepare_slice(px.pixels, is_windowed=px.is_windowed, size=size)
+    spacing = _series_spacing(slice_obj) if fov_mm and not px.is_windowed else None
+    prepared = prepare_slice(
+        px.pixels, is_windowed=px.is_windowed, size=size, pixel_spacing=spacing, fov_mm=fov_mm
+    )
     if limit > 0:
         # Shared between callers: nobody may change it in place.
         prepared.image.setflags(write=False)

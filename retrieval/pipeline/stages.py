@@ -51,6 +51,7 @@ from retrieval.pipeline import progress as prog
 from retrieval.pipeline.enqueue import STAGES, study_finish, task_publish
 from retrieval.pipeline.runtime import (
     PipelineDataError,
+    model_fov_mm,
     model_image_size,
     model_load,
     slice_prepare,
@@ -226,7 +227,7 @@ def study_prepare(*, study_id: int, run_id: str) -> bool:
     version = _job_model_version(job)
     progress = prog.stage_start(job=job, stage="prepare")
     model = model_load(model_version=version)
-    size = model_image_size(model)
+    size, fov_mm = model_image_size(model), model_fov_mm(model)
     slices = _study_slices(study_id)
     if not slices:
         raise PipelineDataError(f"study {study_id} has no slices to process")
@@ -235,7 +236,7 @@ def study_prepare(*, study_id: int, run_id: str) -> bool:
     usable: dict[int, np.ndarray] = {}  # slice id -> raw radiomics
     try:
         for i, slice_obj in enumerate(slices):
-            prepared = slice_prepare(slice_obj=slice_obj, size=size)
+            prepared = slice_prepare(slice_obj=slice_obj, size=size, fov_mm=fov_mm)
             fraction = float(prepared.lung_fraction)
             if deep is not None and fraction >= threshold:
                 deep.add(slice_obj.pk, prepared.image)  # before radiomics: they overlap
@@ -299,11 +300,11 @@ def study_embed(*, study_id: int, run_id: str) -> bool:
     )
     if feats:
         model = model_load(model_version=version)
-        size = model_image_size(model)
+        size, fov_mm = model_image_size(model), model_fov_mm(model)
         batch = settings.ILDREVIEW_EMBED_BATCH
         for start in range(0, len(feats), batch):
             chunk = feats[start : start + batch]
-            prepared = [slice_prepare(slice_obj=f.slice, size=size) for f in chunk]
+            prepared = [slice_prepare(slice_obj=f.slice, size=size, fov_mm=fov_mm) for f in chunk]
             rad = np.vstack([np.frombuffer(bytes(f.radiomics), dtype=np.float64) for f in chunk])
             vectors = embed_with_radiomics(model=model, prepared=prepared, radiomics=rad)
             _embeddings_write(
@@ -511,8 +512,9 @@ def cam_pair_png(
     slices under that version are used instead of computing them again (the same values)."""
     from retrieval.engine.cam import lung_cam_png, similarity_cams
 
-    query = slice_prepare(slice_obj=query_slice, size=size)
-    ref = slice_prepare(slice_obj=reference_slice, size=size)
+    fov_mm = model_fov_mm(model)
+    query = slice_prepare(slice_obj=query_slice, size=size, fov_mm=fov_mm)
+    ref = slice_prepare(slice_obj=reference_slice, size=size, fov_mm=fov_mm)
     stored = {query_slice.pk: (None, None), reference_slice.pk: (None, None)}
     if model_version_id is not None:
         stored = _stored_slice_vectors(
@@ -527,7 +529,22 @@ def cam_pair_png(
         other_embeddings=[r_emb, q_emb],
         query_radiomics=[q_rad, r_rad],
     )
-    return lung_cam_png(q_heat, query.mask), lung_cam_png(r_heat, ref.mask)
+    return (
+        lung_cam_png(*_on_source_grid(q_heat, query)),
+        lung_cam_png(*_on_source_grid(r_heat, ref)),
+    )
+
+
+def _on_source_grid(heat: np.ndarray, prepared) -> tuple[np.ndarray, np.ndarray]:
+    """(heat, lung mask) on the grid of the slice the page shows: unchanged for a slice
+    resized whole; mapped back through its frame for one resampled to a field of view."""
+    if prepared.frame is None:
+        return heat, prepared.mask
+    from retrieval.engine.geometry import frame_to_source
+
+    shape = prepared.source_shape
+    mask = frame_to_source(prepared.mask.astype(np.float32), prepared.frame, shape) >= 0.5
+    return frame_to_source(heat, prepared.frame, shape), mask
 
 
 def similar_case_explain(*, similar_case_id: int) -> bool:

@@ -102,6 +102,8 @@ class Command(BaseCommand):
         except Exception as exc:  # engine errors: report them without a half-written folder
             _remove_partial(out)
             raise CommandError(f"training failed: {exc}") from exc
+        # Library slices were prepared at ILDREVIEW_FOV_MM; serving must prepare them the same.
+        model.config["fov_mm"] = settings.ILDREVIEW_FOV_MM if opts["from_library"] else None
         model.metrics = {
             **(model.metrics or {}),
             "n_slices": len(labels),
@@ -185,7 +187,7 @@ def _library_slices(*, size: int, quiet: bool):
     prepared, labels, patients = [], [], []
     rows = reference_training_slices()
     for slice_obj, label, patient in tqdm(rows, desc="prepare", disable=quiet, file=sys.stderr):
-        p = slice_prepare(slice_obj=slice_obj, size=size)
+        p = slice_prepare(slice_obj=slice_obj, size=size, fov_mm=settings.ILDREVIEW_FOV_MM)
         if p.lung_fraction >= settings.ILDREVIEW_MIN_LUNG_FRACTION:
             prepared.append(p)
             labels.append(label)
