@@ -70,10 +70,11 @@ MAX_SLICES_PER_CASE = 16  # the bootstrap's training cap (retrieval/pipeline/boo
 SIZE = 512
 # Physical field of view (mm) every slice is resampled to (--fov-mm); None: whole image resized.
 FOV_MM: float | None = None
+LUNG_CROP = False  # --lung-crop: prepared slices show the lung box (prepare_slice(lung_crop))
 
 
 def _fov_tag() -> str:
-    return f"fov{FOV_MM:g}:" if FOV_MM else ""
+    return (f"fov{FOV_MM:g}:" if FOV_MM else "") + ("lungcrop:" if LUNG_CROP else "")
 
 
 K_SLICES = 20  # rank_cases default, as the app
@@ -191,7 +192,12 @@ def _prepare(inst, size: int):
     from retrieval.engine.preprocess import prepare_slice
 
     return prepare_slice(
-        inst.hu, is_windowed=False, size=size, pixel_spacing=inst.pixel_spacing, fov_mm=FOV_MM
+        inst.hu,
+        is_windowed=False,
+        size=size,
+        pixel_spacing=inst.pixel_spacing,
+        fov_mm=FOV_MM,
+        lung_crop=LUNG_CROP,
     )
 
 
@@ -432,9 +438,14 @@ def main(argv: list[str] | None = None) -> int:
         help="resample every slice to this physical field of view before preparation "
         "(retrieval.engine.geometry); default: the whole image resized, as the app did",
     )
+    parser.add_argument(
+        "--lung-crop",
+        action="store_true",
+        help="prepare every slice as the square around its segmented lungs",
+    )
     args = parser.parse_args(argv)
-    global FOV_MM
-    FOV_MM = args.fov_mm
+    global FOV_MM, LUNG_CROP
+    FOV_MM, LUNG_CROP = args.fov_mm, args.lung_crop
 
     import torch
 
@@ -494,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
             "index": "exact",
             "train_slices_per_case": MAX_SLICES_PER_CASE,
             "fov_mm": FOV_MM,
+            "lung_crop": LUNG_CROP,
         },
         "machine": _machine(args.device, args.threads),
         "wall_s": round(wall, 1),

@@ -1,4 +1,4 @@
-"""Physical field-of-view normalisation of CT slices (Django-free).
+"""Physical field-of-view normalisation and lung-box cropping of CT slices (Django-free).
 
 Scanners reconstruct chest CT at different fields of view (about 300 to 500 mm over 512
 pixels), so a slice resized to 512 px shows the body at a size that depends on the scanner
@@ -12,6 +12,10 @@ pixel. The part of the square outside the reconstructed image is air.
 `frame_to_source` maps a map computed on the prepared square (a CAM, a lung mask) back onto
 the source slice's pixel grid, so overlays stay aligned with the slice a viewer shows.
 Images without a spacing (8-bit figures, PNG exports) are not touched by any of this.
+
+`lung_box` is the other normalisation: the square around the segmented lungs (with a margin),
+so that the prepared slice shows the lungs at the same size whatever the body around them;
+`prepare_slice(lung_crop=True)` resamples the windowed slice into it.
 """
 
 from __future__ import annotations
@@ -119,5 +123,52 @@ def frame_to_source(values: np.ndarray, frame: Frame, shape: tuple[int, int]) ->
     box = (-frame.x0 * sx, -frame.y0 * sy, (w - frame.x0) * sx, (h - frame.y0) * sy)
     out = Image.fromarray(m, mode="F").transform(
         (w, h), Image.EXTENT, box, resample=Image.BILINEAR, fillcolor=0.0
+    )
+    return np.asarray(out, dtype=np.float32)
+
+
+# Margin around the lungs' bounding box, as a share of its larger side on each side.
+LUNG_BOX_MARGIN = 0.08
+# A lung box smaller than this share of the prepared side is not trusted (a false mask).
+LUNG_BOX_MIN_SIDE = 0.25
+
+
+def lung_box(mask: np.ndarray, *, margin: float = LUNG_BOX_MARGIN) -> Frame | None:
+    """The square (in the mask's pixel coordinates) around the mask's bounding box, widened
+    by `margin` of its larger side on each side; None when the mask is empty or its box is
+    smaller than `LUNG_BOX_MIN_SIDE` of the mask's side."""
+    m = np.asarray(mask, dtype=bool)
+    rows, cols = np.nonzero(m)
+    if rows.size == 0:
+        return None
+    h = rows.max() - rows.min() + 1
+    w = cols.max() - cols.min() + 1
+    if max(h, w) < LUNG_BOX_MIN_SIDE * max(m.shape):
+        return None
+    side = float(max(h, w)) * (1.0 + 2.0 * margin)
+    cy = (rows.min() + rows.max() + 1) / 2.0
+    cx = (cols.min() + cols.max() + 1) / 2.0
+    return Frame(x0=float(cx - side / 2.0), y0=float(cy - side / 2.0), width=side, height=side)
+
+
+def frame_within(outer: Frame | None, inner: Frame, grid: tuple[int, int]) -> Frame:
+    """`inner` (coordinates of an array of shape `grid` sampled from `outer`) in the
+    coordinates of `outer`'s source; `inner` itself when there is no outer frame."""
+    if outer is None:
+        return inner
+    sy, sx = outer.height / grid[0], outer.width / grid[1]
+    return Frame(
+        x0=outer.x0 + inner.x0 * sx,
+        y0=outer.y0 + inner.y0 * sy,
+        width=inner.width * sx,
+        height=inner.height * sy,
+    )
+
+
+def square_sample(values: np.ndarray, frame: Frame, *, side: int, fill: float) -> np.ndarray:
+    """float32 (side, side) of `values` inside `frame` (bilinear), `fill` outside."""
+    box = (frame.x0, frame.y0, frame.x0 + frame.width, frame.y0 + frame.height)
+    out = Image.fromarray(np.asarray(values, dtype=np.float32), mode="F").transform(
+        (side, side), Image.EXTENT, box, resample=Image.BILINEAR, fillcolor=float(fill)
     )
     return np.asarray(out, dtype=np.float32)

@@ -360,6 +360,7 @@ def prepare_slice(
     width: float = 1500.0,
     pixel_spacing: tuple[float, float] | None = None,
     fov_mm: float | None = None,
+    lung_crop: bool = False,
 ) -> PreparedSlice:
     """HU (int16) -> window -> resize -> mask; or 8-bit windowed (uint8 / 0..255; float in
     [0, 1] is taken as is) -> /255 -> resize -> mask. RGB(A) is converted to grey.
@@ -367,12 +368,19 @@ def prepare_slice(
     With `fov_mm` and the slice's `pixel_spacing` (DICOM's row, column spacing in mm), a
     Hounsfield-unit slice is first resampled to the `fov_mm` square centred on the body
     (`geometry`), so every such slice shows the same millimetres per pixel; the frame is kept
-    in `PreparedSlice.frame`. 8-bit images are never resampled."""
+    in `PreparedSlice.frame`. 8-bit images are never resampled.
+
+    With `lung_crop`, the slice is then resampled to the square around its segmented lungs
+    (`geometry.lung_box`) and the mask with it, so the lungs fill the prepared slice whatever
+    the body and field around them; `lung_fraction` stays the fraction of the whole slice (the
+    usable-slice filter means the same), and `frame` (source coordinates) maps maps back.
+    Slices whose mask fell back or whose lung box is too small are left whole."""
     arr = np.asarray(pixels)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = _rgb_to_grey(arr)
     if arr.ndim != 2 or arr.size == 0:
         raise ValueError(f"expected a 2-D slice, got shape {arr.shape}")
+    pixels_shape = arr.shape
     frame = source_shape = None
     if fov_mm and pixel_spacing is not None and not is_windowed:
         from retrieval.engine.geometry import fov_frame, fov_sample
@@ -387,6 +395,11 @@ def prepare_slice(
     fell_back = fraction < FALLBACK_FRACTION
     if fell_back:
         mask = fallback_mask(image)
+    elif lung_crop:
+        cropped = _lung_crop(image01, image, mask, size=size, outer=frame, is_windowed=is_windowed)
+        if cropped is not None:
+            image, mask, frame = cropped
+            source_shape = source_shape or (int(pixels_shape[0]), int(pixels_shape[1]))
     return PreparedSlice(
         image=image,
         mask=mask,
@@ -395,6 +408,33 @@ def prepare_slice(
         frame=frame,
         source_shape=source_shape,
     )
+
+
+def _lung_crop(image01, image, mask, *, size: int, outer, is_windowed: bool):
+    """(image, mask, frame in source coordinates) of the lung box, or None (see prepare_slice)."""
+    from retrieval.engine.geometry import Frame, frame_within, lung_box, square_sample
+
+    box = lung_box(mask)
+    if box is None:
+        return None
+    # `image` is `image01` letter-boxed to a square and resized to `size`: undo both.
+    h, w = image01.shape
+    side = max(h, w)
+    k = side / float(size)
+    crop = Frame(
+        x0=box.x0 * k - (side - w) // 2,
+        y0=box.y0 * k - (side - h) // 2,
+        width=box.width * k,
+        height=box.height * k,
+    )
+    # Outside the slice: its own air (windowed HU below about -950), or 0 for 8-bit figures,
+    # which the letter-box pads with 0 too.
+    dark = image01[image01 < 0.2] if not is_windowed else np.empty(0, np.float32)
+    air = float(np.median(dark)) if dark.size else 0.0
+    n = max(1, int(round(crop.width)))
+    new_image = resize_to(square_sample(image01, crop, side=n, fill=air), size=size)
+    new_mask = square_sample(mask.astype(np.float32), box, side=size, fill=0.0) >= 0.5
+    return new_image, new_mask, frame_within(outer, crop, image01.shape)
 
 
 def _rgb_to_grey(arr: np.ndarray) -> np.ndarray:

@@ -92,3 +92,32 @@ def test_eight_bit_images_are_never_resampled_even_with_a_spacing():
 def test_an_implausible_field_of_view_is_refused(fov_mm):
     with pytest.raises(ValueError, match="field of view"):
         fov_frame(chest(spacing_mm=0.7), pixel_spacing=(0.7, 0.7), fov_mm=fov_mm or 1e-3)
+
+
+def test_lung_crop_fills_the_prepared_slice_with_the_lungs_and_maps_back_onto_them():
+    hu = chest(spacing_mm=0.6, shift_mm=(15.0, 10.0))
+    whole = prepare_slice(hu, is_windowed=False, size=128)
+    crop = prepare_slice(hu, is_windowed=False, size=128, lung_crop=True)
+    assert crop.lung_fraction == whole.lung_fraction  # the usable-slice filter is unchanged
+    assert _lung_width_px(crop.mask) == pytest.approx(128 / 1.16, abs=3)
+    assert _lung_width_px(whole.mask) < 0.92 * _lung_width_px(crop.mask)  # 96 vs 110 px
+    back = frame_to_source(crop.mask.astype(np.float32), crop.frame, crop.source_shape) >= 0.5
+    truth = hu == -850
+    assert (back & truth).sum() / (back | truth).sum() > 0.9
+
+
+def test_lung_crop_composes_with_the_field_of_view_frame():
+    hu = chest(spacing_mm=0.8)
+    p = prepare_slice(
+        hu, is_windowed=False, size=128, pixel_spacing=(0.8, 0.8), fov_mm=400, lung_crop=True
+    )
+    back = frame_to_source(p.mask.astype(np.float32), p.frame, hu.shape) >= 0.5
+    truth = hu == -850
+    assert (back & truth).sum() / (back | truth).sum() > 0.9
+
+
+def test_a_slice_without_lungs_is_not_cropped():
+    hu = np.full((128, 128), -1000, np.int16)
+    hu[20:108, 20:108] = 40  # body, no lung: the mask falls back
+    p = prepare_slice(hu, is_windowed=False, size=64, lung_crop=True)
+    assert p.mask_fallback and p.frame is None
