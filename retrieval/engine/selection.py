@@ -71,6 +71,11 @@ class SelectionConfig:
     w_rads: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0, 3.0)
     ks: tuple[int, ...] = (1, 5, 10)
     margin: float = 0.01  # macro F1 a more complex candidate must gain over a simpler one
+    # The chosen candidate must also beat the frozen one on the inner validation rows with this
+    # one-sided confidence (patient-level paired bootstrap); else the frozen vector is kept.
+    # 0 switches the guard off.
+    guard_confidence: float = 0.9
+    guard_resamples: int = 1000
     whiten_dim: int = 256
     shrinkage: float = 0.1
     target_coverage: float = 0.9
@@ -245,6 +250,62 @@ def _vote(sims: np.ndarray, train_labels: np.ndarray, *, k: int, classes: list[s
     )
 
 
+def macro_f1_rows(y: np.ndarray, pred: np.ndarray, weights: np.ndarray, n_classes: int):
+    """Macro F1 over `n_classes` (a class without true or predicted rows scores 0, as
+    sklearn's with `labels`) of integer labels `y` and predictions `pred` (`n_classes` = none
+    of them: wrong for every class), once for each row of `weights` (R, N): how often each
+    sample row counts (bootstrap resamples)."""
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    eye = np.eye(n_classes + 1)[:, :n_classes]
+    t, p = eye[np.asarray(y)], eye[np.asarray(pred)]  # (N, C) one-hot
+    tp = w @ (t * p)
+    fp = w @ ((1 - t) * p)
+    fn = w @ (t * (1 - p))
+    den = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, den, out=np.zeros_like(tp), where=den > 0)
+    return f1.mean(axis=1)
+
+
+def frozen_guard(
+    *,
+    labels: np.ndarray,
+    chosen_pred: np.ndarray,
+    frozen_pred: np.ndarray,
+    patients: np.ndarray,
+    confidence: float,
+    resamples: int,
+    seed: int = 0,
+) -> dict:
+    """Paired, patient-level bootstrap of the macro-F1 gain of the chosen candidate over the
+    frozen one on the same inner-validation rows: resample patients with replacement (all
+    their rows together), score both prediction vectors on each resample. The gain is kept
+    when its lower bound at `confidence` (one-sided) is above 0."""
+    classes = sorted(set(np.asarray(labels).astype(str).tolist()))
+    index = {c: i for i, c in enumerate(classes)}
+    n = len(classes)
+    y = np.array([index[v] for v in np.asarray(labels).astype(str)])
+    a = np.array([index.get(v, n) for v in np.asarray(chosen_pred).astype(str)])
+    b = np.array([index.get(v, n) for v in np.asarray(frozen_pred).astype(str)])
+    groups, inverse = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(groups), size=(resamples, len(groups)))
+    counts = np.zeros((resamples, len(groups)))
+    np.add.at(counts, (np.arange(resamples)[:, None], draws), 1.0)
+    weights = counts[:, inverse]  # (R, N): each row weighted by its patient's draw count
+    ones = np.ones((1, len(y)))
+    gain = float(macro_f1_rows(y, a, ones, n)[0] - macro_f1_rows(y, b, ones, n)[0])
+    boot = macro_f1_rows(y, a, weights, n) - macro_f1_rows(y, b, weights, n)
+    lower = float(np.quantile(boot, 1.0 - confidence))
+    return {
+        "gain": round(gain, 4),
+        "lower": round(lower, 4),
+        "confidence": confidence,
+        "resamples": resamples,
+        "patients": len(groups),
+        "kept": bool(lower > 0.0),
+    }
+
+
 def select_embedding(
     *,
     deep: np.ndarray,
@@ -317,6 +378,23 @@ def select_embedding(
     cand_score = {c: scores[(c, best_k[c])] for c in cands}
     top = max(cand_score.values())
     chosen = next(c for c in cands if cand_score[c] >= top - config.margin)  # simplest first
+    frozen = Candidate("raw", 1.0, 0.0)
+    guard = None
+    if chosen != frozen and frozen in cand_score and config.guard_confidence > 0:
+        # The best of 150 settings scored on the same rows is optimistic (winner's curse):
+        # a gain that resampling the validation patients does not keep above 0 is not served.
+        guard = frozen_guard(
+            labels=labels_s,
+            chosen_pred=pooled[(chosen, best_k[chosen])],
+            frozen_pred=pooled[(frozen, best_k[frozen])],
+            patients=patients,
+            confidence=config.guard_confidence,
+            resamples=config.guard_resamples,
+            seed=config.seed,
+        )
+        guard["candidate"] = chosen.name
+        if not guard["kept"]:
+            chosen = frozen
     k = best_k[chosen]
     correct = pooled[(chosen, k)].astype(str) == labels_s
     thresholds = metrics.calibrate_abstain(
@@ -333,7 +411,6 @@ def select_embedding(
         refit_cfg = TrainConfig(**{**asdict(head_cfg), "epochs": refit_epochs, "patience": None})
         head, _ = train_head(deep=deep, rad=rad, labels=y, config=refit_cfg)
     model = build_embedding(chosen, deep=deep, rad=rad, head=head, config=config)
-    frozen = Candidate("raw", 1.0, 0.0)
     if progress:
         progress(len(splits) + 1, len(splits) + 1)
     return Selection(
@@ -349,6 +426,7 @@ def select_embedding(
             "inner_macro_f1_best": float(top),
             "inner_macro_f1_frozen": float(cand_score.get(frozen, np.nan)),
             "head_epochs": refit_epochs,
+            "guard": guard,
         },
         scores={c.name: float(v) for c, v in cand_score.items()},
         thresholds=thresholds,

@@ -8,7 +8,12 @@ import pytest
 
 from retrieval.engine import metrics
 from retrieval.engine.fusion import AdaptiveEmbedding, head_embed, head_from_spec, head_spec
-from retrieval.engine.selection import SelectionConfig, select_embedding
+from retrieval.engine.selection import (
+    SelectionConfig,
+    frozen_guard,
+    macro_f1_rows,
+    select_embedding,
+)
 from retrieval.engine.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -58,6 +63,8 @@ def test_gate_switches_radiomics_on_when_only_radiomics_carries_the_classes():
     )
     assert sel.chosen["w_rad"] > 0.0
     assert sel.chosen["inner_macro_f1"] > sel.chosen["inner_macro_f1_frozen"] + 0.2
+    # a real gain passes the bootstrap guard against the frozen vector
+    assert sel.chosen["guard"]["kept"] and sel.chosen["guard"]["lower"] > 0.1
 
 
 def test_selection_falls_back_to_frozen_when_the_trained_candidate_is_worse():
@@ -182,3 +189,71 @@ def test_candidate_similarity_from_parts_equals_the_built_embeddings_cosine():
         @ head_embed(model, "adaptive", deep[tr], rad[tr]).T
     )
     np.testing.assert_allclose(_combined(parts, cand), expected, atol=1e-5)
+
+
+def test_macro_f1_rows_equals_sklearn_macro_f1_and_weights_count_rows():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 200)
+    pred = np.where(rng.random(200) < 0.6, y, rng.integers(0, 4, 200))  # 3 = none of them
+    want = f1_score(y, pred, labels=[0, 1, 2], average="macro", zero_division=0)
+    assert macro_f1_rows(y, pred, np.ones((1, 200)), 3)[0] == pytest.approx(want)
+    twice = np.concatenate([y, y[:50]]), np.concatenate([pred, pred[:50]])
+    weights = np.ones((1, 200))
+    weights[0, :50] = 2.0
+    assert macro_f1_rows(y, pred, weights, 3)[0] == pytest.approx(
+        f1_score(*twice, labels=[0, 1, 2], average="macro", zero_division=0)
+    )
+
+
+def _guard_data(flip_share: float, seed: int = 0):
+    """60 patients x 4 rows, 2 classes; the frozen predictions are right on 70 % of the rows;
+    the chosen ones flip `flip_share` of the frozen mistakes to right (and as many rights to
+    wrong when `flip_share` is negative)."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat([f"p{i}" for i in range(60)], 4)
+    labels = np.repeat(np.array(["a", "b"] * 30), 4)
+    frozen = np.where(rng.random(240) < 0.7, labels, np.where(labels == "a", "b", "a"))
+    chosen = frozen.copy()
+    wrong = np.flatnonzero(frozen != labels)
+    fix = rng.choice(wrong, int(abs(flip_share) * len(wrong)), replace=False)
+    chosen[fix] = labels[fix]
+    if flip_share < 0:  # as many new mistakes elsewhere: no gain on average
+        right = np.flatnonzero(frozen == labels)
+        broke = rng.choice(right, len(fix), replace=False)
+        chosen[broke] = np.where(labels[broke] == "a", "b", "a")
+    return labels, chosen, frozen, patients
+
+
+def test_the_guard_keeps_a_clear_gain_over_the_frozen_vector():
+    labels, chosen, frozen, patients = _guard_data(0.6)
+    g = frozen_guard(
+        labels=labels, chosen_pred=chosen, frozen_pred=frozen, patients=patients,
+        confidence=0.9, resamples=500,
+    )  # fmt: skip
+    assert g["kept"] and g["gain"] > 0.15 and 0 < g["lower"] < g["gain"]
+
+
+def test_the_guard_refuses_a_gain_that_is_reshuffled_mistakes():
+    labels, chosen, frozen, patients = _guard_data(-0.3)
+    g = frozen_guard(
+        labels=labels, chosen_pred=chosen, frozen_pred=frozen, patients=patients,
+        confidence=0.9, resamples=500,
+    )  # fmt: skip
+    assert abs(g["gain"]) < 0.03 and g["lower"] <= 0 and not g["kept"]
+
+
+def test_a_served_candidate_other_than_frozen_always_passed_the_guard():
+    # weak deep signal and noise radiomics: whatever wins the inner scores by chance is only
+    # served when the bootstrap keeps its gain over the frozen vector above 0
+    for seed in range(2):
+        deep, rad, labels, patients = _patients_data(deep_signal=0.4, rad_signal=0.0, seed=seed)
+        sel = select_embedding(
+            deep=deep, rad=rad, labels=labels, patients=patients,
+            config=SelectionConfig(**GATE_ONLY),
+        )  # fmt: skip
+        if sel.chosen["candidate"] != "raw/a1/w0":
+            assert sel.chosen["guard"]["kept"] and sel.chosen["guard"]["lower"] > 0
+        elif sel.chosen["guard"] is not None:  # the guard sent it back to frozen
+            assert not sel.chosen["guard"]["kept"] and sel.model.w_rad == 0.0
