@@ -44,11 +44,19 @@ def chosen_per_fold_markdown(report: dict) -> str:
         c = fold.get("chosen") or {}
         if not c:
             continue
+        guard = c.get("guard") or {}
+        note = ""
+        if guard:
+            verdict = "kept" if guard.get("kept") else "refused: frozen served"
+            note = (
+                f"; guard on {guard.get('candidate')}: gain {guard.get('gain', 0):+.3f}, "
+                f"lower bound {guard.get('lower', 0):+.3f}, {verdict}"
+            )
         lines.append(
             f"- fold {fold['fold']}: {c.get('candidate')} k {c.get('k')} (inner macro F1 "
             f"{c.get('inner_macro_f1', float('nan')):.3f}; frozen "
             f"{c.get('inner_macro_f1_frozen', float('nan')):.3f}; best "
-            f"{c.get('inner_macro_f1_best', float('nan')):.3f})"
+            f"{c.get('inner_macro_f1_best', float('nan')):.3f}{note})"
         )
     return "\n".join(lines)
 

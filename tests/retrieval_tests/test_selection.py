@@ -257,3 +257,13 @@ def test_a_served_candidate_other_than_frozen_always_passed_the_guard():
             assert sel.chosen["guard"]["kept"] and sel.chosen["guard"]["lower"] > 0
         elif sel.chosen["guard"] is not None:  # the guard sent it back to frozen
             assert not sel.chosen["guard"]["kept"] and sel.model.w_rad == 0.0
+
+
+def test_the_per_fold_choice_says_when_the_guard_refused_a_candidate():
+    from retrieval.engine.report import chosen_per_fold_markdown
+
+    guard = {"candidate": "raw/a0.6/w0", "gain": 0.012, "lower": -0.004, "kept": False}
+    chosen = {"candidate": "raw/a1/w0", "k": 5, "inner_macro_f1": 0.7, "guard": guard}
+    text = chosen_per_fold_markdown({"folds": [{"fold": 1, "chosen": chosen}]})
+    assert "fold 1: raw/a1/w0 k 5" in text
+    assert "guard on raw/a0.6/w0: gain +0.012, lower bound -0.004, refused: frozen served" in text
