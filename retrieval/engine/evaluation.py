@@ -307,7 +307,16 @@ def evaluate(
                 abstained=row.abstained,
                 geo=geo,
             )
-            infos[name].append({**row.info, "seconds": round(time.perf_counter() - t_row, 1)})
+            fold_f1 = metrics.classification_metrics(
+                labels[test_idx].astype(str), np.asarray(predicted).astype(str), labels=class_names
+            )["macro_f1"]
+            infos[name].append(
+                {
+                    **row.info,
+                    "fold_macro_f1": round(float(fold_f1), 4),  # this fold's queries alone
+                    "seconds": round(time.perf_counter() - t_row, 1),
+                }
+            )
             if name == HEADLINE:
                 headline_row = row
                 info_f["chosen"] = row.info.get("chosen")

@@ -379,23 +379,28 @@ def select_embedding(
     top = max(cand_score.values())
     chosen = next(c for c in cands if cand_score[c] >= top - config.margin)  # simplest first
     frozen = Candidate("raw", 1.0, 0.0)
+    k = best_k[chosen]
+    # The reference is the frozen vector's nearest neighbour (k 1): the deep_only baseline
+    # itself, the thing the served embedding must beat; a vote on frozen vectors is a choice
+    # like any other and must beat it too.
+    ref_k = 1 if 1 in config.ks else best_k[frozen]
     guard = None
-    if chosen != frozen and frozen in cand_score and config.guard_confidence > 0:
+    if (chosen, k) != (frozen, ref_k) and frozen in cand_score and config.guard_confidence > 0:
         # The best of 150 settings scored on the same rows is optimistic (winner's curse):
         # a gain that resampling the validation patients does not keep above 0 is not served.
         guard = frozen_guard(
             labels=labels_s,
-            chosen_pred=pooled[(chosen, best_k[chosen])],
-            frozen_pred=pooled[(frozen, best_k[frozen])],
+            chosen_pred=pooled[(chosen, k)],
+            frozen_pred=pooled[(frozen, ref_k)],
             patients=patients,
             confidence=config.guard_confidence,
             resamples=config.guard_resamples,
             seed=config.seed,
         )
-        guard["candidate"] = chosen.name
+        guard["candidate"] = f"{chosen.name} k {k}"
+        guard["reference"] = f"{frozen.name} k {ref_k}"
         if not guard["kept"]:
-            chosen = frozen
-    k = best_k[chosen]
+            chosen, k = frozen, ref_k
     correct = pooled[(chosen, k)].astype(str) == labels_s
     thresholds = metrics.calibrate_abstain(
         top_sim[(chosen, k)],
@@ -422,9 +427,10 @@ def select_embedding(
             "alpha": chosen.alpha,
             "w_rad": chosen.w_rad,
             "k": int(k),
-            "inner_macro_f1": float(cand_score[chosen]),
+            "inner_macro_f1": float(scores[(chosen, k)]),
             "inner_macro_f1_best": float(top),
-            "inner_macro_f1_frozen": float(cand_score.get(frozen, np.nan)),
+            # the frozen vector's top-1 (the deep_only rule), the guard's reference
+            "inner_macro_f1_frozen": float(scores.get((frozen, ref_k), np.nan)),
             "head_epochs": refit_epochs,
             "guard": guard,
         },

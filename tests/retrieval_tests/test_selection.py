@@ -244,19 +244,23 @@ def test_the_guard_refuses_a_gain_that_is_reshuffled_mistakes():
     assert abs(g["gain"]) < 0.03 and g["lower"] <= 0 and not g["kept"]
 
 
-def test_a_served_candidate_other_than_frozen_always_passed_the_guard():
-    # weak deep signal and noise radiomics: whatever wins the inner scores by chance is only
-    # served when the bootstrap keeps its gain over the frozen vector above 0
+def test_a_served_choice_other_than_the_frozen_top1_always_passed_the_guard():
+    # weak deep signal and noise radiomics: whatever wins the inner scores by chance (a learned
+    # part, radiomics, or a vote on the frozen vectors) is only served when the bootstrap keeps
+    # its gain over the frozen vector's top-1 above 0
     for seed in range(2):
         deep, rad, labels, patients = _patients_data(deep_signal=0.4, rad_signal=0.0, seed=seed)
         sel = select_embedding(
             deep=deep, rad=rad, labels=labels, patients=patients,
             config=SelectionConfig(**GATE_ONLY),
         )  # fmt: skip
-        if sel.chosen["candidate"] != "raw/a1/w0":
+        served = (sel.chosen["candidate"], sel.chosen["k"])
+        if served != ("raw/a1/w0", 1):  # anything but the frozen top-1 (deep_only) passed it
             assert sel.chosen["guard"]["kept"] and sel.chosen["guard"]["lower"] > 0
-        elif sel.chosen["guard"] is not None:  # the guard sent it back to frozen
+            assert sel.chosen["guard"]["reference"] == "raw/a1/w0 k 1"
+        elif sel.chosen["guard"] is not None:  # the guard sent it back to deep_only
             assert not sel.chosen["guard"]["kept"] and sel.model.w_rad == 0.0
+            assert sel.k == 1
 
 
 def test_the_per_fold_choice_says_when_the_guard_refused_a_candidate():
