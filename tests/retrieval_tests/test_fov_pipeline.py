@@ -92,9 +92,7 @@ def test_the_prepare_stage_prepares_slices_at_the_model_field_of_view(fov_versio
         assert got == pytest.approx(want) and abs(want - whole) > 0.01
 
 
-def test_cam_overlays_of_a_resampled_slice_are_on_the_source_grid_inside_its_lungs(
-    fov_version, clinician
-):
+def test_cam_overlays_of_a_resampled_slice_are_on_the_source_grid(fov_version, clinician):
     query, ref = _slices(_study(clinician))
     q_png, r_png = pipeline_stages.cam_pair_png(
         model=model_load(model_version=fov_version),
@@ -105,10 +103,29 @@ def test_cam_overlays_of_a_resampled_slice_are_on_the_source_grid_inside_its_lun
     for png, s in ((q_png, query), (r_png, ref)):
         rgba = np.asarray(Image.open(io.BytesIO(png)))
         assert rgba.shape == (SOURCE, SOURCE, 4)  # the slice's grid, not the model's 64 px
+        # (what the random-weight test model's CAM draws may be nothing: no content check)
         drawn = rgba[..., 3] > 0
-        px = slice_pixels_load(slice_obj=s).pixels
-        lung = prepare_slice(px, is_windowed=False, size=SOURCE).mask
-        assert drawn.any() and (drawn & ~lung).sum() <= 0.1 * drawn.sum()
+        lung = _source_lungs(s)
+        assert (drawn & ~lung).sum() <= 0.1 * max(int(drawn.sum()), 1)
+
+
+def _source_lungs(slice_obj) -> np.ndarray:
+    px = slice_pixels_load(slice_obj=slice_obj).pixels
+    return prepare_slice(px, is_windowed=False, size=SOURCE).mask
+
+
+def test_a_heat_map_over_the_whole_resampled_slice_is_drawn_on_the_source_lungs(
+    fov_version, clinician
+):
+    from retrieval.engine.cam import lung_cam_png
+
+    s = _slices(_study(clinician))[0]
+    prepared = slice_prepare(slice_obj=s, size=SIZE, fov_mm=FOV_MM)
+    heat, mask = pipeline_stages._on_source_grid(np.ones((SIZE, SIZE), np.float32), prepared)
+    assert heat.shape == mask.shape == (SOURCE, SOURCE)
+    drawn = np.asarray(Image.open(io.BytesIO(lung_cam_png(heat, mask))))[..., 3] > 0
+    lung = _source_lungs(s)
+    assert (drawn & lung).sum() / (drawn | lung).sum() > 0.8
 
 
 def test_models_trained_for_the_library_record_ildreview_fov_mm(settings, tiny_artefact):
