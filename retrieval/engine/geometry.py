@@ -45,9 +45,6 @@ class Frame:
     width: float
     height: float
 
-    def as_list(self) -> list[float]:
-        return [round(v, 4) for v in (self.x0, self.y0, self.width, self.height)]
-
 
 def _check(fov_mm: float, pixel_spacing) -> tuple[float, float]:
     lo, hi = FOV_MM_RANGE
@@ -103,11 +100,7 @@ def fov_sample(hu: np.ndarray, frame: Frame, *, fill: float | None = None) -> np
     arr = np.asarray(hu, dtype=np.float32)
     fill = background_hu(arr) if fill is None else fill
     side = max(1, int(round(max(frame.width, frame.height))))
-    box = (frame.x0, frame.y0, frame.x0 + frame.width, frame.y0 + frame.height)
-    out = Image.fromarray(arr, mode="F").transform(
-        (side, side), Image.EXTENT, box, resample=Image.BILINEAR, fillcolor=float(fill)
-    )
-    return np.asarray(out, dtype=np.float32)
+    return square_sample(arr, frame, side=side, fill=fill)
 
 
 def frame_to_source(values: np.ndarray, frame: Frame, shape: tuple[int, int]) -> np.ndarray:

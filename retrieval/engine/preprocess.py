@@ -380,12 +380,11 @@ def prepare_slice(
         arr = _rgb_to_grey(arr)
     if arr.ndim != 2 or arr.size == 0:
         raise ValueError(f"expected a 2-D slice, got shape {arr.shape}")
-    pixels_shape = arr.shape
-    frame = source_shape = None
+    source_shape = (int(arr.shape[0]), int(arr.shape[1]))
+    frame = None
     if fov_mm and pixel_spacing is not None and not is_windowed:
         from retrieval.engine.geometry import fov_frame, fov_sample
 
-        source_shape = (int(arr.shape[0]), int(arr.shape[1]))
         frame = fov_frame(arr, pixel_spacing=pixel_spacing, fov_mm=fov_mm)
         arr = fov_sample(arr, frame)
     image01 = _to_unit_range(arr) if is_windowed else window_hu(arr, level=level, width=width)
@@ -396,21 +395,26 @@ def prepare_slice(
     if fell_back:
         mask = fallback_mask(image)
     elif lung_crop:
-        cropped = _lung_crop(image01, image, mask, size=size, outer=frame, is_windowed=is_windowed)
+        from retrieval.engine.geometry import background_hu
+
+        # Outside the slice: its own air, or 0 for 8-bit figures (as the letter-box pads).
+        air = 0.0
+        if not is_windowed:
+            air = float(window_hu(np.array([background_hu(arr)]), level=level, width=width)[0])
+        cropped = _lung_crop(image01, mask, size=size, outer=frame, air=air)
         if cropped is not None:
             image, mask, frame = cropped
-            source_shape = source_shape or (int(pixels_shape[0]), int(pixels_shape[1]))
     return PreparedSlice(
         image=image,
         mask=mask,
         lung_fraction=fraction,
         mask_fallback=fell_back,
         frame=frame,
-        source_shape=source_shape,
+        source_shape=source_shape if frame is not None else None,
     )
 
 
-def _lung_crop(image01, image, mask, *, size: int, outer, is_windowed: bool):
+def _lung_crop(image01, mask, *, size: int, outer, air: float):
     """(image, mask, frame in source coordinates) of the lung box, or None (see prepare_slice)."""
     from retrieval.engine.geometry import Frame, frame_within, lung_box, square_sample
 
@@ -427,10 +431,6 @@ def _lung_crop(image01, image, mask, *, size: int, outer, is_windowed: bool):
         width=box.width * k,
         height=box.height * k,
     )
-    # Outside the slice: its own air (windowed HU below about -950), or 0 for 8-bit figures,
-    # which the letter-box pads with 0 too.
-    dark = image01[image01 < 0.2] if not is_windowed else np.empty(0, np.float32)
-    air = float(np.median(dark)) if dark.size else 0.0
     n = max(1, int(round(crop.width)))
     new_image = resize_to(square_sample(image01, crop, side=n, fill=air), size=size)
     new_mask = square_sample(mask.astype(np.float32), box, side=size, fill=0.0) >= 0.5
