@@ -373,7 +373,6 @@ def test_import_from_zip_path_ignores_export_clutter(user, tmp_path):
     assert not any(name.startswith("zip") for name in os.listdir(tmp_path))
 
 
-
 def test_upload_refuses_a_study_already_uploaded_by_another_clinician(tmp_path):
     folder = tmp_path / "s"
     ct_series_write(folder=folder, slices=3, size=32)
